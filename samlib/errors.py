@@ -1,0 +1,55 @@
+"""Exceptions raised by samlib.
+
+Every error a user can cause derives from :class:`SamlibError`, so the UI and the CLI
+can catch one type and show its message, which always names the offending value.
+"""
+
+from __future__ import annotations
+
+
+class SamlibError(Exception):
+    """Base class of every error caused by user input or environment."""
+
+
+class ImageError(SamlibError):
+    """An image could not be read or converted."""
+
+
+class UnsupportedImageError(ImageError):
+    """The file is not an image format samlib reads, or its layout is not supported."""
+
+
+class CorruptImageError(ImageError):
+    """The file claims to be an image but cannot be decoded (truncated, damaged, empty)."""
+
+
+class ImageTooLargeError(ImageError):
+    """The image has more pixels than the configured limit (decompression-bomb guard)."""
+
+
+class ModelError(SamlibError):
+    """A model could not be found, built or loaded."""
+
+
+class UnknownModelError(ModelError):
+    """The name is neither a registered model nor an existing checkpoint file."""
+
+
+class CheckpointError(ModelError):
+    """A checkpoint file is truncated, unsafe, or does not match any SAM architecture."""
+
+
+class DownloadError(ModelError):
+    """A checkpoint download failed (network, HTTP status, or offline)."""
+
+
+class ChecksumError(DownloadError):
+    """A downloaded or cached file does not have the expected SHA-256."""
+
+
+class ParameterError(SamlibError, ValueError):
+    """A parameter is out of its valid range or of the wrong type."""
+
+
+class PromptError(ParameterError):
+    """Prompt points, labels or boxes are malformed or outside the image."""
