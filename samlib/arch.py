@@ -116,9 +116,7 @@ ENCODERS: dict[str, Callable[[SamConfig], torch.nn.Module]] = {"vit": _vit_encod
 def build_sam(cfg: SamConfig) -> Sam:
     """Build a randomly initialised SAM of the given sizes (eval mode, on the CPU)."""
     if cfg.encoder not in ENCODERS:
-        raise CheckpointError(
-            f"unknown image encoder {cfg.encoder!r}; known: {sorted(ENCODERS)}"
-        )
+        raise CheckpointError(f"unknown image encoder {cfg.encoder!r}; known: {sorted(ENCODERS)}")
     emb = cfg.embedding_size
     sam = Sam(
         image_encoder=ENCODERS[cfg.encoder](cfg),
@@ -185,7 +183,9 @@ def detect_config(state: Mapping[str, torch.Tensor]) -> SamConfig:
             prompt_embed_dim=out_chans,
             mask_in_chans=int(state["prompt_encoder.mask_downscaling.3.weight"].shape[0]),
             decoder_depth=_count(state, r"mask_decoder\.transformer\.layers\.(\d+)\."),
-            decoder_mlp_dim=int(state["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0]),
+            decoder_mlp_dim=int(
+                state["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0]
+            ),
             decoder_num_heads=8 if out_chans % 8 == 0 else 1,
             iou_head_depth=n_iou,
             iou_head_hidden_dim=int(
