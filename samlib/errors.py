@@ -53,3 +53,11 @@ class ParameterError(SamlibError, ValueError):
 
 class PromptError(ParameterError):
     """Prompt points, labels or boxes are malformed or outside the image."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The checkpoint needs full unpickling (it can run code) and the caller did not opt in."""
+
+
+class ModelNotDownloadedError(ModelError):
+    """A registered model's checkpoint is not in the local cache yet."""

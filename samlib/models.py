@@ -1,0 +1,534 @@
+"""The model registry, the checkpoint cache, and safe checkpoint loading.
+
+``REGISTRY`` names every known model. :func:`load_model` takes a registry name or a
+checkpoint path and returns a ``segment_anything`` ``Sam`` in eval mode whose
+``samlib_info`` attribute says which weights it holds.
+
+Checkpoint files understood (all loaded with ``torch.load(weights_only=True)``):
+
+- ``"sam"``: a plain state dict, as the official SAM checkpoints;
+- ``"micro_sam"``: a plain state dict or ``{"model_state": ...}`` whose keys may carry a
+  ``"sam."`` prefix, as micro-sam's fine-tuned models;
+- ``"samlib"``: ``{"config": SamConfig.to_dict(), "state_dict": ..., "meta": {...}}``, written
+  by :func:`save_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+import torch
+from segment_anything.modeling import Sam
+
+from samlib.arch import ENCODERS, VIT_B, VIT_H, VIT_L, SamConfig, build_sam, detect_config
+from samlib.errors import (
+    CheckpointError,
+    ChecksumError,
+    ModelNotDownloadedError,
+    UnknownModelError,
+    UnsafeCheckpointError,
+)
+
+__all__ = [
+    "REGISTRY",
+    "ModelEntry",
+    "ModelInfo",
+    "ModelStatus",
+    "cache_dir",
+    "checkpoint_path",
+    "default_model_name",
+    "download_model",
+    "file_sha256",
+    "load_model",
+    "model_status",
+    "pick_device",
+    "read_checkpoint",
+    "register_model",
+    "save_checkpoint",
+]
+
+CACHE_ENV = "SAMLIB_CACHE_DIR"
+MODEL_ENV = "SAMLIB_MODEL"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+# Modules that register extra image encoders in ``samlib.arch.ENCODERS`` when imported.
+ENCODER_PLUGINS: list[str] = ["samlib.small_encoder"]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model: how to build it and where its checkpoint comes from.
+
+    Attributes
+    ----------
+    name : str
+        Registry key, e.g. ``"vit_b"``.
+    config : SamConfig
+        Architecture (builder sizes) of the checkpoint.
+    url : str or None
+        Download address; ``None`` for a checkpoint shipped inside the package.
+    size : int or None
+        Checkpoint size in bytes, when published.
+    sha256 : str or None
+        Published SHA-256 (hex); ``None`` where none is published (then the hash is
+        recorded on first download and verified afterwards).
+    description : str
+        One line for users.
+    file_format : str
+        ``"sam"``, ``"micro_sam"`` or ``"samlib"`` (see the module docstring).
+    filename : str
+        File name in the cache folder, or path relative to the ``samlib`` package folder
+        when ``package_file`` is true.
+    package_file : bool
+        The checkpoint ships inside the package (no download).
+    """
+
+    name: str
+    config: SamConfig
+    url: str | None
+    size: int | None
+    sha256: str | None
+    description: str
+    file_format: str
+    filename: str
+    package_file: bool = False
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model is: registry name (or file stem), checkpoint SHA-256, config."""
+
+    name: str
+    sha256: str
+    config: SamConfig
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """Whether a registered model's checkpoint is available locally."""
+
+    name: str
+    cached: bool
+    path: Path
+    size: int | None
+    expected_size: int | None
+    partial_bytes: int
+
+
+_FB = "https://dl.fbaipublicfiles.com/segment_anything"
+_EBI = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io"
+
+REGISTRY: dict[str, ModelEntry] = {
+    "vit_b": ModelEntry(
+        name="vit_b",
+        config=VIT_B,
+        url=f"{_FB}/sam_vit_b_01ec64.pth",
+        size=375_042_383,
+        sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+        description="SAM ViT-B (Meta, 91M parameters): the fastest official model",
+        file_format="sam",
+        filename="sam_vit_b_01ec64.pth",
+    ),
+    "vit_l": ModelEntry(
+        name="vit_l",
+        config=VIT_L,
+        url=f"{_FB}/sam_vit_l_0b3195.pth",
+        size=1_249_524_607,
+        sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+        description="SAM ViT-L (Meta, 308M parameters)",
+        file_format="sam",
+        filename="sam_vit_l_0b3195.pth",
+    ),
+    "vit_h": ModelEntry(
+        name="vit_h",
+        config=VIT_H,
+        url=f"{_FB}/sam_vit_h_4b8939.pth",
+        size=2_564_550_879,
+        sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        description="SAM ViT-H (Meta, 636M parameters): the largest, slowest official model",
+        file_format="sam",
+        filename="sam_vit_h_4b8939.pth",
+    ),
+    "vit_b_lm": ModelEntry(
+        name="vit_b_lm",
+        config=VIT_B,
+        url=f"{_EBI}/diplomatic-bug/1.2/files/vit_b.pt",
+        size=None,
+        sha256=None,
+        description="micro-sam ViT-B fine-tuned on light microscopy (cells and nuclei)",
+        file_format="micro_sam",
+        filename="micro_sam_vit_b_lm.pt",
+    ),
+    "vit_l_lm": ModelEntry(
+        name="vit_l_lm",
+        config=VIT_L,
+        url=f"{_EBI}/idealistic-rat/1.2/files/vit_l.pt",
+        size=None,
+        sha256=None,
+        description="micro-sam ViT-L fine-tuned on light microscopy (cells and nuclei)",
+        file_format="micro_sam",
+        filename="micro_sam_vit_l_lm.pt",
+    ),
+}
+
+# Preferred order when choosing a default among downloaded models (microscopy first).
+_PREFERENCE = ("vit_b_lm", "vit_b", "vit_l_lm", "vit_l", "vit_h")
+
+
+def register_model(entry: ModelEntry, *, replace: bool = False) -> None:
+    """Add ``entry`` to :data:`REGISTRY` (e.g. a small model shipped inside the package)."""
+    if entry.name in REGISTRY and not replace:
+        raise ValueError(f"a model named {entry.name!r} is already registered")
+    if entry.url is None and not entry.package_file:
+        raise ValueError(f"model {entry.name!r} needs a URL or package_file=True")
+    REGISTRY[entry.name] = entry
+
+
+# -- cache and device -------------------------------------------------------------------
+def cache_dir() -> Path:
+    """Folder holding downloaded checkpoints (``$SAMLIB_CACHE_DIR`` or the user cache)."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("samlib", appauthor=False))
+
+
+def checkpoint_path(name: str) -> Path:
+    """Where the checkpoint of registered model ``name`` lives (whether present or not)."""
+    entry = _entry(name)
+    if entry.package_file:
+        return _PACKAGE_DIR / entry.filename
+    return cache_dir() / "checkpoints" / entry.filename
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256.json")
+
+
+def model_status(name: str) -> ModelStatus:
+    """Report whether model ``name`` is downloaded, where, and how big."""
+    entry = _entry(name)
+    path = checkpoint_path(name)
+    part = path.with_name(path.name + ".part")
+    return ModelStatus(
+        name=name,
+        cached=path.is_file(),
+        path=path,
+        size=path.stat().st_size if path.is_file() else None,
+        expected_size=entry.size,
+        partial_bytes=part.stat().st_size if part.is_file() else 0,
+    )
+
+
+def pick_device() -> torch.device:
+    """The best available device: CUDA, then Apple MPS, then CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_model_name() -> str:
+    """The model to use when none is given.
+
+    ``$SAMLIB_MODEL`` (a registry name or a checkpoint path) wins; otherwise the first
+    downloaded model in the order vit_b_lm, vit_b, vit_l_lm, vit_l, vit_h; otherwise a
+    model shipped inside the package; otherwise ``"vit_b"``.
+    """
+    env = os.environ.get(MODEL_ENV, "").strip()
+    if env:
+        return env
+    for name in _PREFERENCE:
+        if name in REGISTRY and checkpoint_path(name).is_file():
+            return name
+    for name, entry in REGISTRY.items():
+        if entry.package_file and checkpoint_path(name).is_file():
+            return name
+    return "vit_b"
+
+
+# -- hashing ----------------------------------------------------------------------------
+_HASH_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """SHA-256 (hex) of a file, remembered per (path, size, mtime) for this process."""
+    p = Path(path)
+    st = p.stat()
+    memo_key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if memo_key in _HASH_MEMO:
+        return _HASH_MEMO[memo_key]
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    _HASH_MEMO[memo_key] = h.hexdigest()
+    return _HASH_MEMO[memo_key]
+
+
+def record_sha256(path: Path, sha256: str) -> None:
+    """Write the sidecar ``<file>.sha256.json`` that later loads verify against."""
+    st = path.stat()
+    _sidecar(path).write_text(
+        json.dumps({"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    )
+
+
+def verify_cached(name: str) -> str:
+    """Check the cached checkpoint of ``name`` against its known hash; return the hash.
+
+    The file is re-hashed only when its size or modification time differ from the
+    sidecar written at download; a mismatch raises :class:`ChecksumError`.
+    """
+    entry = _entry(name)
+    path = checkpoint_path(name)
+    side = _sidecar(path)
+    st = path.stat()
+    recorded: dict[str, Any] = {}
+    if side.is_file():
+        try:
+            recorded = json.loads(side.read_text())
+        except (OSError, ValueError):
+            recorded = {}
+    expected = entry.sha256 or recorded.get("sha256")
+    if (
+        recorded.get("sha256")
+        and recorded.get("size") == st.st_size
+        and recorded.get("mtime_ns") == st.st_mtime_ns
+        and (entry.sha256 is None or recorded["sha256"] == entry.sha256)
+    ):
+        return str(recorded["sha256"])
+    actual = file_sha256(path)
+    if expected is not None and actual != expected:
+        raise ChecksumError(
+            f"checkpoint {path} of model {name!r} has SHA-256 {actual}, expected {expected}; "
+            "the file is damaged or not the right one: delete it and download it again"
+        )
+    if not entry.package_file:
+        record_sha256(path, actual)
+    return actual
+
+
+def download_model(name: str, progress: Callable[[int, int | None], None] | None = None) -> Path:
+    """Download registered model ``name`` into the cache (no network if already there)."""
+    from samlib.download import download_file
+
+    entry = _entry(name)
+    path = checkpoint_path(name)
+    if entry.package_file:
+        return path
+    if path.is_file():
+        verify_cached(name)
+        return path
+    if entry.url is None:
+        raise ModelNotDownloadedError(f"model {name!r} has no download address")
+    sha = download_file(entry.url, path, sha256=entry.sha256, size=entry.size, progress=progress)
+    record_sha256(path, sha)
+    return path
+
+
+# -- reading and loading ----------------------------------------------------------------
+def _entry(name: str) -> ModelEntry:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownModelError(
+            f"unknown model {name!r}; known models: {', '.join(sorted(REGISTRY))}"
+        ) from None
+
+
+def _torch_load(path: Path, allow_pickle: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower() and "weights_only" not in str(exc):
+            raise CheckpointError(f"{path} is not a readable checkpoint: {exc}") from exc
+        if not allow_pickle:
+            raise UnsafeCheckpointError(
+                f"{path} holds Python objects that need full unpickling, which can run "
+                "arbitrary code; load it only if you trust its source (allow_pickle=True)"
+            ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or damaged?): {exc}"
+        ) from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # an arbitrary pickle can raise anything
+        raise CheckpointError(f"{path} could not be unpickled: {exc}") from exc
+
+
+def _strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix) :]: v for k, v in state.items()}
+    return dict(state)
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str], *, allow_pickle: bool = False
+) -> tuple[dict[str, torch.Tensor], SamConfig, dict[str, Any]]:
+    """Read a checkpoint file of any supported format on the CPU.
+
+    Returns
+    -------
+    state_dict, config, meta
+        Tensors keyed as ``segment_anything.Sam`` expects, the architecture (stored in
+        samlib files, otherwise detected from tensor shapes), and stored metadata.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint file not found: {p}")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint file is empty: {p}")
+    obj = _torch_load(p, allow_pickle)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{p} holds a {type(obj).__name__}, not a state dict")
+    meta: dict[str, Any] = {}
+    config: SamConfig | None = None
+    if "state_dict" in obj and "config" in obj:
+        if not isinstance(obj["config"], Mapping):
+            raise CheckpointError(f"{p}: 'config' is not a mapping")
+        config = SamConfig.from_dict(obj["config"])
+        meta = dict(obj.get("meta") or {})
+        state = obj["state_dict"]
+    elif "model_state" in obj:
+        state = obj["model_state"]
+    elif "model" in obj and isinstance(obj["model"], Mapping):
+        state = obj["model"]
+    else:
+        state = obj
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{p}: the weights are a {type(state).__name__}, not a dict")
+    state = _strip_prefix(_strip_prefix(state, "module."), "sam.")
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{p}: entries that are not tensors: {bad[:5]}")
+    if config is None:
+        config = detect_config(state)
+    return dict(state), config, meta
+
+
+def _build(config: SamConfig) -> Sam:
+    if config.encoder not in ENCODERS:
+        for module in ENCODER_PLUGINS:
+            try:
+                import_module(module)
+            except ImportError:
+                continue
+    if config.encoder == "vit":
+        # Skip random initialisation (seconds for vit_h): every persistent tensor is
+        # overwritten by the checkpoint; the only non-persistent buffers are the pixel
+        # mean and std, which are constants.
+        with torch.device("meta"):
+            model = build_sam(config)
+        model = model.to_empty(device="cpu")
+        model.pixel_mean = torch.tensor([123.675, 116.28, 103.53]).view(-1, 1, 1)
+        model.pixel_std = torch.tensor([58.395, 57.12, 57.375]).view(-1, 1, 1)
+        return model
+    return build_sam(config)
+
+
+def model_from_state(state: Mapping[str, torch.Tensor], config: SamConfig, source: str) -> Sam:
+    """Build a SAM of ``config`` and load ``state`` strictly (on the CPU, eval mode)."""
+    model = _build(config)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: tensor shapes do not match the model: {exc}") from exc
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{source}: weights do not match the detected architecture; missing "
+            f"{result.missing_keys[:5]} ({len(result.missing_keys)} in all), unexpected "
+            f"{result.unexpected_keys[:5]} ({len(result.unexpected_keys)} in all)"
+        )
+    return model.eval()
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    *,
+    allow_pickle: bool = False,
+) -> Sam:
+    """Load a SAM model from a registry name or a checkpoint path.
+
+    Parameters
+    ----------
+    name_or_path : str or path
+        A key of :data:`REGISTRY` (its checkpoint must be in the cache; see
+        :func:`download_model`) or the path of a checkpoint file.
+    device : str or torch.device, optional
+        Where to put the model; default :func:`pick_device`. Weights are read on the CPU
+        first.
+    allow_pickle : bool
+        Allow checkpoints that need full unpickling. Only for files you trust.
+
+    Returns
+    -------
+    Sam
+        In eval mode, with attribute ``samlib_info`` (:class:`ModelInfo`).
+    """
+    key = os.fspath(name_or_path)
+    if key in REGISTRY:
+        path = checkpoint_path(key)
+        if not path.is_file():
+            raise ModelNotDownloadedError(
+                f"model {key!r} is not downloaded; run `python -m samlib download {key}` "
+                f"or copy {REGISTRY[key].filename} (from {REGISTRY[key].url}) into "
+                f"{path.parent}"
+            )
+        sha = verify_cached(key)
+        name = key
+    else:
+        path = Path(key).expanduser()
+        if not path.is_file():
+            raise UnknownModelError(
+                f"{key!r} is neither a known model ({', '.join(sorted(REGISTRY))}) nor an "
+                "existing checkpoint file"
+            )
+        sha = file_sha256(path)
+        name = path.stem
+    state, config, _meta = read_checkpoint(path, allow_pickle=allow_pickle)
+    model = model_from_state(state, config, str(path))
+    model = model.to(torch.device(device) if device is not None else pick_device())
+    model.samlib_info = ModelInfo(name=name, sha256=sha, config=config, path=str(path))
+    return model
+
+
+def save_checkpoint(
+    model: Sam,
+    path: str | os.PathLike[str],
+    config: SamConfig,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` in the samlib format, loadable with ``weights_only=True``.
+
+    The file is ``{"config": config.to_dict(), "state_dict": ..., "meta": {...}}``;
+    ``extra`` (plain JSON-like values) goes into ``meta``. Written atomically.
+    """
+    from samlib import __version__
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    payload = {
+        "config": config.to_dict(),
+        "state_dict": state,
+        "meta": {"samlib_version": __version__, **dict(extra or {})},
+    }
+    tmp = p.with_name(p.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, p)
+    return p
