@@ -1,0 +1,94 @@
+"""to_rgb8: channel choice, per-channel percentile normalisation, gamma, NaN, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from samlib.display import channel_limits, default_channels, to_rgb8
+from samlib.errors import ParameterError
+from samlib.image import as_image
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32])
+def test_ramp_maps_to_full_range(dtype):
+    ramp = np.tile(np.arange(0, 200, 2), (5, 1)).astype(dtype)  # 5 x 100, values 0..198
+    rgb = to_rgb8(ramp, percentiles=(0, 100))
+    assert rgb.shape == (5, 100, 3) and rgb.dtype == np.uint8
+    assert rgb.flags.c_contiguous
+    np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])  # grey replicated
+    assert rgb[0, 0, 0] == 0 and rgb[0, -1, 0] == 255
+    np.testing.assert_array_equal(rgb[0, :, 0], np.rint(np.arange(100) / 99 * 255))
+
+
+def test_percentiles_clip_outliers_per_channel():
+    rng = np.random.default_rng(0)
+    a = rng.normal(100, 10, size=(64, 64))
+    a[0, 0] = 1e6  # one hot pixel must not squash the rest
+    b = rng.normal(5000, 100, size=(64, 64))
+    img = as_image(np.stack([a, b], axis=-1).astype(np.float32), "YXC")
+    rgb = to_rgb8(img)
+    assert rgb[0, 0, 0] == 255
+    assert 80 < rgb[1:, :, 0].mean() < 175  # not all black as min-max would give
+    assert 80 < rgb[..., 1].mean() < 175  # channel 1 normalised on its own range
+    assert rgb[..., 2].max() == 0  # two channels: blue stays black
+    lo, hi = channel_limits(a, (1, 99.8))
+    assert lo == pytest.approx(np.percentile(a, 1)) and hi == pytest.approx(np.percentile(a, 99.8))
+
+
+def test_nan_and_inf_are_safe():
+    a = np.linspace(0, 1, 100, dtype=np.float32).reshape(10, 10)
+    a[0, 0] = np.nan
+    a[0, 1] = np.inf
+    rgb = to_rgb8(a, percentiles=(0, 100))
+    assert rgb[0, 0, 0] == 0 and rgb[0, 1, 0] == 255
+    assert rgb[9, 9, 0] == 255 and rgb[0, 2, 0] < 10
+    assert to_rgb8(np.full((4, 4), np.nan, np.float32)).max() == 0
+
+
+def test_channel_mapping_and_gamma():
+    stack = np.zeros((8, 8, 3), np.uint16)
+    stack[..., 0] = np.arange(8)[None, :] * 100
+    stack[..., 2] = np.arange(8)[:, None] * 100
+    img = as_image(stack, "YXC")
+    rgb = to_rgb8(img, channels=(2, None, 0), percentiles=(0, 100))
+    np.testing.assert_array_equal(
+        rgb[..., 0], to_rgb8(img, channels=2, percentiles=(0, 100))[..., 0]
+    )
+    assert rgb[..., 1].max() == 0
+    assert rgb[7, 0, 0] == 255 and rgb[0, 7, 2] == 255 and rgb[0, 7, 0] == 0
+    bright = to_rgb8(img, channels=0, gamma=0.5, percentiles=(0, 100))
+    linear = to_rgb8(img, channels=0, percentiles=(0, 100))
+    assert bright[0, 3, 0] > linear[0, 3, 0]
+    assert bright[0, 3, 0] == round(255 * (3 / 7) ** 0.5)
+
+
+def test_default_channels():
+    assert default_channels(1) == (0, 0, 0)
+    assert default_channels(2) == (0, 1, None)
+    assert default_channels(5) == (0, 1, 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"percentiles": (50, 10)},
+        {"percentiles": (-1, 99)},
+        {"percentiles": (1, 101)},
+        {"percentiles": "1-99"},
+        {"gamma": 0},
+        {"gamma": 1000},
+        {"gamma": float("nan")},
+        {"channels": (0, 1)},
+        {"channels": (0, 0, 3)},
+        {"channels": "rgb"},
+        {"plane": 1},
+    ],
+)
+def test_absurd_parameters_refused(kwargs):
+    with pytest.raises(ParameterError):
+        to_rgb8(np.zeros((16, 16, 3), np.uint8), **kwargs)
+
+
+def test_flat_channel_is_black():
+    assert to_rgb8(np.full((4, 4), 7, np.uint16)).max() == 0

@@ -1,0 +1,240 @@
+"""Reading images of every supported format, dtype and layout; refusing bad input."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import make_disks
+from PIL import Image
+from skimage.draw import disk
+
+from samlib.display import to_rgb8
+from samlib.errors import (
+    CorruptImageError,
+    ImageError,
+    ImageTooLargeError,
+    ParameterError,
+    UnsupportedImageError,
+)
+from samlib.image import as_image, guess_axes, image_hash
+from samlib.io import read_image
+
+DTYPES = [np.uint8, np.uint16, np.int32, np.float32]
+
+
+def _stack(n_planes=3, n_channels=2, shape=(40, 56), dtype=np.uint16):
+    """(planes, Y, X, C) with a distinct disk per plane and a distinct value per channel."""
+    out = np.zeros((n_planes, *shape, n_channels), dtype=np.float64)
+    for p in range(n_planes):
+        rr, cc = disk((10 + 5 * p, 15 + 8 * p), 6, shape=shape)
+        for c in range(n_channels):
+            out[p, rr, cc, c] = 10 * (p + 1) + c + 1
+    return out.astype(dtype)
+
+
+def _tiff_bytes(array, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    kwargs.setdefault("photometric", "minisblack")
+    tifffile.imwrite(buf, array, **kwargs)
+    return buf.getvalue()
+
+
+def _pil_bytes(array, fmt) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("axes", "perm"),
+    [
+        ("ZCYX", (0, 3, 1, 2)),
+        ("CZYX", (3, 0, 1, 2)),
+        ("ZYXC", (0, 1, 2, 3)),
+        ("TZCYX", None),
+    ],
+)
+def test_tiff_imagej_layouts_round_trip(dtype, axes, perm):
+    canon = _stack(dtype=dtype)
+    if perm is None:  # 2 time points x 3 z-slices: planes flatten in file order (T major)
+        canon = np.concatenate([canon, canon + 1])
+        stored = canon.reshape(2, 3, *canon.shape[1:]).transpose(0, 1, 4, 2, 3)
+    else:
+        stored = canon.transpose(perm)
+    if axes in ("ZCYX", "TZCYX") and dtype != np.int32:  # what ImageJ can hold
+        raw = _tiff_bytes(stored, imagej=True, metadata={"axes": axes})
+    else:
+        raw = _tiff_bytes(stored, metadata={"axes": axes})
+    img = read_image(raw, name="s.tif")
+    assert img.dtype == np.dtype(dtype)
+    assert img.shape == canon.shape
+    np.testing.assert_array_equal(img.data, canon)
+    assert img.name == "s.tif"
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        ((40, 56), "YX"),
+        ((40, 56, 3), "YXC"),
+        ((40, 56, 5), "YXC"),
+        ((2, 40, 56), "CYX"),
+        ((12, 40, 56), "QYX"),
+        ((7, 2, 40, 56), "QCYX"),
+        ((3, 12, 40, 56), "CQYX"),
+        ((4, 40, 56, 3), "QYXC"),
+    ],
+)
+def test_guess_axes(shape, expected):
+    assert guess_axes(shape) == expected
+
+
+def test_tiff_without_metadata_uses_guess_and_override():
+    stack = _stack(n_planes=3, n_channels=1, dtype=np.uint16)[..., 0]  # (3, Y, X)
+    raw = _tiff_bytes(stack)
+    guessed = read_image(raw)
+    assert guessed.n_channels == 3 and guessed.n_planes == 1  # small first axis = channels
+    as_z = read_image(raw, axes="ZYX")
+    assert as_z.n_planes == 3 and as_z.n_channels == 1
+    np.testing.assert_array_equal(as_z.data[..., 0], stack)
+    with pytest.raises(ParameterError, match="ZZ"):
+        read_image(raw, axes="ZZ")
+
+
+def test_float_nan_and_max_projection():
+    stack = _stack(n_planes=3, n_channels=1, dtype=np.float32)
+    stack[0, 0, 0, 0] = np.nan
+    stack[:, 1, 1, 0] = np.nan  # NaN in every plane stays NaN
+    img = read_image(_tiff_bytes(stack[..., 0], metadata={"axes": "ZYX"}))
+    mip = img.plane("max")
+    assert mip.shape == (40, 56, 1)
+    assert np.isnan(mip[1, 1, 0]) and not np.isnan(mip[0, 0, 0])
+    np.testing.assert_array_equal(
+        np.nan_to_num(mip[..., 0]), np.nan_to_num(stack).max(axis=0)[..., 0]
+    )
+    rgb = to_rgb8(img, plane="max", percentiles=(0, 100))
+    assert rgb.dtype == np.uint8 and rgb.shape == (40, 56, 3)
+    assert rgb[1, 1].tolist() == [0, 0, 0]
+    assert rgb.max() == 255
+
+
+def test_rgb_tiff_and_pixel_size():
+    rgb = (np.arange(40 * 56 * 3) % 251).astype(np.uint8).reshape(40, 56, 3)
+    raw = _tiff_bytes(
+        rgb,
+        imagej=True,
+        photometric="rgb",
+        resolution=(1 / 0.325, 1 / 0.325),
+        metadata={"unit": "um"},
+    )
+    img = read_image(raw)
+    assert img.shape == (1, 40, 56, 3)
+    assert img.pixel_size_um == pytest.approx(0.325)
+    np.testing.assert_array_equal(img.plane(0), rgb)
+    assert read_image(_tiff_bytes(rgb, photometric="rgb")).pixel_size_um is None
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP", "JPEG"])
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_pillow_formats(fmt, mode, tmp_path):
+    base, _ = make_disks()
+    array = base if mode == "L" else np.stack([base, base // 2, 255 - base], axis=-1)
+    path = tmp_path / f"x.{fmt.lower()}"
+    path.write_bytes(_pil_bytes(array, fmt))
+    img = read_image(path)
+    assert img.name == path.name
+    assert img.n_channels == (1 if mode == "L" else 3)
+    assert img.dtype == np.uint8
+    got = img.plane(0)[..., 0] if mode == "L" else img.plane(0)
+    if fmt == "JPEG":  # lossy: close, not equal
+        assert np.abs(got.astype(int) - array.astype(int)).mean() < 6
+    else:
+        np.testing.assert_array_equal(got, array)
+
+
+def test_png_16bit_and_alpha_dropped():
+    array = (np.arange(40 * 56) * 29).astype(np.uint16).reshape(40, 56)
+    img = read_image(_pil_bytes(array, "PNG"))
+    assert img.dtype == np.uint16
+    np.testing.assert_array_equal(img.data[0, ..., 0], array)
+    rgba = np.zeros((10, 12, 4), np.uint8)
+    rgba[..., 0] = 200
+    img = read_image(_pil_bytes(rgba, "PNG"))
+    assert img.n_channels == 3 and img.data[..., 0].min() == 200
+
+
+def test_file_object_upload_is_read_from_start():
+    raw = _tiff_bytes(np.ones((8, 9), np.uint16))
+    f = io.BytesIO(raw)
+    f.name = "upload.tif"
+    f.read(3)  # a previous reader moved the position
+    img = read_image(f)
+    assert img.name == "upload.tif" and img.shape == (1, 8, 9, 1)
+
+
+def test_refuses_empty_corrupt_and_unsupported(tmp_path):
+    with pytest.raises(CorruptImageError, match="empty"):
+        read_image(b"")
+    with pytest.raises(UnsupportedImageError, match="GIF8"):
+        read_image(b"GIF89a\x01\x00\x01\x00")
+    png = _pil_bytes(np.full((64, 64), 7, np.uint8), "PNG")
+    with pytest.raises(CorruptImageError):
+        read_image(png[: len(png) // 2])
+    tif = _tiff_bytes(np.ones((64, 64), np.uint16), compression="zlib")
+    with pytest.raises(CorruptImageError):
+        read_image(tif[: len(tif) // 2])
+    tif = _tiff_bytes(np.ones((3, 64, 64), np.uint16))
+    with pytest.raises(CorruptImageError):
+        read_image(tif[:200])
+    with pytest.raises(ImageError, match="nope.tif"):
+        read_image(tmp_path / "nope.tif")
+    with pytest.raises(ParameterError):
+        read_image(12345)
+
+
+def test_refuses_too_large_before_decoding():
+    raw = _tiff_bytes(np.zeros((3, 100, 100), np.uint8), metadata={"axes": "ZYX"})
+    with pytest.raises(ImageTooLargeError, match="30,000"):
+        read_image(raw, max_pixels=29_999)
+    assert read_image(raw, max_pixels=30_000).n_planes == 3
+    png = _pil_bytes(np.zeros((100, 100), np.uint8), "PNG")
+    with pytest.raises(ImageTooLargeError):
+        read_image(png, max_pixels=9_999)
+    with pytest.raises(ParameterError):
+        read_image(png, max_pixels=0)
+
+
+def test_zero_size_axis_refused():
+    with pytest.raises(CorruptImageError, match="zero-size"):
+        as_image(np.zeros((0, 5), np.uint8))
+    with pytest.raises(UnsupportedImageError):
+        as_image(np.zeros((5,), np.uint8))
+    with pytest.raises(UnsupportedImageError, match="complex"):
+        as_image(np.zeros((4, 5), np.complex64))
+
+
+def test_image_hash_depends_on_values_shape_and_dtype():
+    a = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    assert image_hash(a) == image_hash(a.copy())
+    assert image_hash(a) != image_hash(a.reshape(4, 3))
+    assert image_hash(a) != image_hash(a.astype(np.int16))
+    b = a.copy()
+    b[0, 0] = 1
+    assert image_hash(a) != image_hash(b)
+    assert image_hash(a.T) == image_hash(np.ascontiguousarray(a.T))
+    assert as_image(a).hash == image_hash(as_image(a).data)
+
+
+def test_plane_and_channel_errors():
+    img = as_image(_stack(), "ZYXC")
+    with pytest.raises(ParameterError, match="plane 3"):
+        img.plane(3)
+    with pytest.raises(ParameterError):
+        img.plane("min")
+    with pytest.raises(ParameterError, match="channel 2"):
+        img.channel(2)
+    np.testing.assert_array_equal(img.plane(-1), img.data[2])
