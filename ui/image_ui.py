@@ -1,0 +1,191 @@
+"""Widgets of the Image & model page: image source, display settings, preview."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+
+from samlib import samples
+from samlib.image import MicroscopyImage
+from samlib.io import read_image
+from samlib.session import MAX_PROJECTION, DisplaySettings, WorkImage, prepare_image
+from ui import state
+
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp"]
+
+
+@dataclass(frozen=True, eq=False)
+class Source:
+    """An image as loaded, before display settings: data, reference labels, description."""
+
+    image: MicroscopyImage
+    ground_truth: np.ndarray | None = None
+    description: str = ""
+
+
+@st.cache_resource(show_spinner="Loading sample...")
+def _sample(name: str) -> Source:
+    # Samples are read-only and identical for everyone: safe to share between sessions.
+    image, gt, description = samples.load_sample(name)
+    return Source(image, gt, description)
+
+
+def _read_upload(upload) -> Source | None:
+    """Read an uploaded file once per session (uploads are not shared between sessions)."""
+    uploads = st.session_state.setdefault("uploads", {})
+    key = f"{upload.name}:{upload.size}:{upload.file_id}"
+    if key not in uploads:
+        with state.guard(f"Reading {upload.name}"):
+            uploads[key] = Source(read_image(upload, name=upload.name))
+    return uploads.get(key)
+
+
+def source_ui() -> Source | None:
+    """Let the user pick a bundled sample or upload images; return the chosen one."""
+    kind = state.kept(
+        st.radio,
+        "Image source",
+        "source_kind",
+        "Bundled sample",
+        options=["Bundled sample", "Upload"],
+        horizontal=True,
+    )
+    if kind == "Bundled sample":
+        names = samples.list_samples()
+        name = state.kept(st.selectbox, "Sample", "sample_name", names[0], options=names)
+        with state.guard(f"Loading sample {name}"):
+            return _sample(name)
+        return None
+    files = st.file_uploader(
+        "Images (PNG, JPEG, BMP, TIFF: 8/16/32-bit, z-stacks, multichannel)",
+        type=UPLOAD_TYPES,
+        accept_multiple_files=True,
+        key="w_uploads",
+    )
+    loaded = [s for s in (_read_upload(f) for f in files or []) if s is not None]
+    if not loaded:
+        current = state.current_image()
+        if current is not None:
+            st.caption(f"Still working on **{current.name}** (upload to replace it).")
+        return None
+    names = [s.image.name for s in loaded]
+    pick = (
+        st.selectbox(
+            "Work on", range(len(loaded)), format_func=names.__getitem__, key="w_upload_pick"
+        )
+        if len(loaded) > 1
+        else 0
+    )
+    return loaded[pick]
+
+
+def settings_ui(src: Source) -> tuple[DisplaySettings, float | None]:
+    """Channel mapping, percentiles, gamma, plane and pixel size for ``src``; return them."""
+    img = src.image
+    # Widget names carry the image hash so every image remembers its own settings.
+    tag = hashlib.sha256(img.hash.encode()).hexdigest()[:8]
+    default = DisplaySettings.default_for(img)
+    cols = st.columns(3)
+    channels = list(default.channels)
+    if img.n_channels > 1:
+        options = [None, *range(img.n_channels)]
+        for k, colour in enumerate("RGB"):
+            with cols[k]:
+                channels[k] = state.kept(
+                    st.selectbox,
+                    f"{colour} channel",
+                    f"ch{colour}_{tag}",
+                    default.channels[k],
+                    options=options,
+                    format_func=lambda c: "none" if c is None else f"channel {c}",
+                    help="Which source channel is shown in this colour (SAM sees RGB).",
+                )
+    plane: int | str = 0
+    if img.n_planes > 1:
+        planes = [MAX_PROJECTION, *range(img.n_planes)]
+        plane = state.kept(
+            st.select_slider,
+            "Plane (z / time)",
+            f"plane_{tag}",
+            0,
+            options=planes,
+            format_func=lambda p: "max projection" if p == MAX_PROJECTION else str(p),
+        )
+    low, high = state.kept(
+        st.slider,
+        "Percentile range mapped to black..white",
+        f"pct_{tag}",
+        (1.0, 99.8),
+        min_value=0.0,
+        max_value=100.0,
+        step=0.1,
+        help="Per channel: values below the low percentile become black, above the high "
+        "percentile white. Widen it if the image looks washed out.",
+    )
+    gamma = state.kept(
+        st.slider,
+        "Gamma",
+        f"gamma_{tag}",
+        1.0,
+        min_value=0.2,
+        max_value=3.0,
+        step=0.05,
+        help="Below 1 brightens dim structures; 1 is linear.",
+    )
+    px = state.kept(
+        st.number_input,
+        "Pixel size (µm/px, 0 = unknown)",
+        f"px_{tag}",
+        float(img.pixel_size_um or 0.0),
+        min_value=0.0,
+        step=0.01,
+        format="%.4f",
+        help="Used to report areas in µm² as well as pixels.",
+    )
+    settings = DisplaySettings(tuple(channels), (float(low), float(high)), float(gamma), plane)
+    return settings, (float(px) if px > 0 else None)
+
+
+def apply_ui(src: Source, settings: DisplaySettings, pixel_size: float | None) -> WorkImage | None:
+    """Make ``src`` with ``settings`` the session's current image (kept if unchanged)."""
+    current = state.current_image()
+    if (
+        current is not None
+        and current.image is src.image
+        and current.settings == settings
+        and current.pixel_size_um == pixel_size
+    ):
+        return current
+    with state.guard("Preparing the image"):
+        work = prepare_image(
+            src.image,
+            settings,
+            pixel_size_um=pixel_size,
+            ground_truth=src.ground_truth,
+            description=src.description,
+        )
+        st.session_state[state.IMAGE] = work
+        return work
+    return current
+
+
+def preview_ui(work: WorkImage) -> None:
+    """Show what SAM will see, with the image's shape and type."""
+    st.image(work.rgb8, caption=f"What SAM sees: {work.name}", width="stretch")
+    st.caption(work.image.describe())
+    if work.description:
+        st.markdown(work.description)
+    if work.ground_truth is not None:
+        n = len(np.unique(work.ground_truth)) - 1
+        st.caption(f"Reference segmentation available: {n} objects (used for evaluation).")
+
+
+@st.cache_resource(show_spinner=False)
+def sample_thumbnail(name: str, size: int = 256) -> np.ndarray:
+    """A small RGB preview of a bundled sample with its default display settings."""
+    work = prepare_image(_sample(name).image)
+    step = max(1, max(work.rgb8.shape[:2]) // size)
+    return work.rgb8[::step, ::step]

@@ -1,0 +1,150 @@
+"""Per-session state, the shared model cache, and error display for the Streamlit pages.
+
+Everything a user works on (image, results, prompts) lives in ``st.session_state``, which
+Streamlit keeps per browser session, so two users never see each other's data. Only the
+model weights and the embedding cache (keyed by image content hash) are shared between
+sessions, through ``st.cache_resource``; neither holds per-user mutable state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from samlib import errors
+from samlib.embeddings import EmbeddingCache
+from samlib.models import cache_dir, default_model_name, load_model, pick_device
+from samlib.session import WorkImage
+
+# Session-state keys (one place, so pages and tests agree on them).
+IMAGE = "work_image"  # WorkImage the pages work on
+MODEL = "model_name"  # registry name or checkpoint path
+EVERYTHING = "everything"  # ui.everything_state.EverythingRun of the current image
+OBJECTS = "prompt_objects"  # {image key: [PromptedObject, ...]}
+
+# What to do about each kind of error, in words a biologist acts on.
+_HINTS: list[tuple[type[BaseException], str]] = [
+    (errors.UnsupportedImageError, "Use a PNG, JPEG, BMP or TIFF file."),
+    (errors.CorruptImageError, "The file looks damaged or empty: export it again and re-upload."),
+    (errors.ImageTooLargeError, "Crop or downsample the image (e.g. in Fiji) and upload again."),
+    (errors.ChecksumError, "The damaged file was removed: download the model again."),
+    (
+        errors.DownloadError,
+        "Check the internet connection, or copy the checkpoint file into the cache folder "
+        "shown on the System check page.",
+    ),
+    (
+        errors.ModelNotDownloadedError,
+        "Download it on the Image & model page, or pick another model there.",
+    ),
+    (errors.UnknownModelError, "Pick a model from the list, or check the checkpoint path."),
+    (errors.CheckpointError, "Use an official SAM, micro-sam or samlib checkpoint file."),
+    (errors.PromptError, "Place points and boxes inside the image and try again."),
+    (errors.ParameterError, "Change the highlighted value and run again."),
+]
+
+
+def hint_for(exc: BaseException) -> str:
+    """Return the advice shown under an error message."""
+    for kind, hint in _HINTS:
+        if isinstance(exc, kind):
+            return hint
+    if _is_out_of_memory(exc):
+        return (
+            "Out of memory: lower points_per_batch, use a smaller model, or a smaller image "
+            "(crop, or choose one plane)."
+        )
+    return "Please try again; if it keeps happening, report it with this message."
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
+@contextlib.contextmanager
+def guard(action: str) -> Iterator[None]:
+    """Show any samlib (or out-of-memory) error raised inside as ``st.error``; keep the page.
+
+    Earlier results stay in session state, so the page keeps showing them below the error.
+    """
+    try:
+        yield
+    except errors.SamlibError as exc:
+        st.error(f"**{action} failed.** {exc}\n\n{hint_for(exc)}", icon=":material/error:")
+    except (MemoryError, RuntimeError) as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        st.error(f"**{action} failed.** {exc}\n\n{hint_for(exc)}", icon=":material/error:")
+
+
+def kept(widget: Callable[..., Any], label: str, name: str, default: Any, **kwargs: Any) -> Any:
+    """Render ``widget`` whose value survives page changes; return its value.
+
+    Streamlit forgets a widget's state when a page without it runs. The value is mirrored
+    in ``st.session_state[name]`` and restored from there; the widget's own key is
+    ``"w_" + name`` (what tests address).
+    """
+    wkey = "w_" + name
+    if wkey not in st.session_state:
+        st.session_state[wkey] = st.session_state.get(name, default)
+    value = widget(label, key=wkey, **kwargs)
+    st.session_state[name] = value
+    return value
+
+
+def current_image() -> WorkImage | None:
+    """The image this session works on, or None."""
+    return st.session_state.get(IMAGE)
+
+
+def require_image() -> WorkImage:
+    """Return the current image, or explain how to choose one and stop the page."""
+    img = current_image()
+    if img is None:
+        st.info("No image yet: choose a sample or upload an image first.", icon=":material/image:")
+        st.page_link("pages/home.py", label="Go to Image & model", icon=":material/arrow_back:")
+        st.stop()
+    return img
+
+
+def model_name() -> str:
+    """The model this session uses (default: ``samlib.models.default_model_name()``)."""
+    if MODEL not in st.session_state:
+        st.session_state[MODEL] = default_model_name()
+    return st.session_state[MODEL]
+
+
+def _stamp(name_or_path: str) -> tuple[str, float]:
+    """Cache-key part that changes when a checkpoint file is replaced."""
+    p = Path(name_or_path).expanduser()
+    return (str(p), p.stat().st_mtime) if p.is_file() else (name_or_path, 0.0)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _load(name_or_path: str, device: str, stamp: tuple[str, float]) -> Any:
+    # Shared by all sessions: the Sam is only ever read (no predictor state is kept on it).
+    return load_model(name_or_path, device)
+
+
+def get_model(name_or_path: str | None = None) -> Any:
+    """Load (once per process) and return the chosen model; on failure show why and stop."""
+    name = name_or_path or model_name()
+    try:
+        with st.spinner(f"Loading model {name} (once per server)..."):
+            return _load(name, str(pick_device()), _stamp(name))
+    except errors.SamlibError as exc:
+        st.error(f"**The model {name!r} cannot be used.** {exc}\n\n{hint_for(exc)}")
+        st.page_link("pages/home.py", label="Choose a model", icon=":material/arrow_back:")
+        st.stop()
+
+
+@st.cache_resource(show_spinner=False)
+def embedding_cache() -> EmbeddingCache:
+    """The process-wide embedding cache (memory LRU + disk), keyed by model+image+settings."""
+    folder = None if os.environ.get("SAMLIB_NO_DISK_CACHE") else cache_dir() / "embeddings"
+    return EmbeddingCache(directory=folder, max_items=8)
