@@ -215,3 +215,44 @@ def synth_image(
     order = rng.permutation(len(chans))
     img = np.stack([chans[i] for i in order], axis=-1)
     return _to_uint(img, rng, np.uint16), cells.astype(np.int32)
+
+
+class SynthDataset:
+    """A lazy, indexable sequence of ``synth_image`` pairs: item ``i`` uses seed ``seed + i``.
+
+    Parameters
+    ----------
+    length : int
+        Number of items.
+    seed : int
+        Seed of item 0.
+    shape : (H, W)
+        Image size.
+    **kwargs
+        Passed to :func:`synth_image` (``kind``, ``n_objects``, ``radius``).
+    """
+
+    def __init__(
+        self, length: int, seed: int = 0, shape: tuple[int, int] = (256, 256), **kwargs
+    ) -> None:
+        if length < 1:
+            raise ParameterError(f"length must be >= 1, got {length!r}")
+        self.length, self.seed, self.shape, self.kwargs = int(length), int(seed), shape, kwargs
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if not -self.length <= i < self.length:
+            raise IndexError(f"index {i} out of range for {self.length} images")
+        return synth_image(self.seed + i % self.length, self.shape, **self.kwargs)
+
+    def describe(self) -> dict:
+        """Plain-JSON description (for training sidecars)."""
+        return {
+            "generator": "samlib.synth.synth_image",
+            "length": self.length,
+            "seed": self.seed,
+            "shape": list(self.shape),
+            **self.kwargs,
+        }
