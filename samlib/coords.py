@@ -86,3 +86,27 @@ def display_size(image_size: tuple[int, int], max_width: int) -> tuple[int, int]
     iw, ih = image_size
     scale = min(1.0, max_width / iw)
     return max(1, round(iw * scale)), max(1, round(ih * scale))
+
+
+def centroid_rowcol_to_xy(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Convert centroids given as array ``(row, col)`` indices to ``(x, y)`` point arrays.
+
+    Same convention as :func:`rowcol_to_xy` (and ImageJ): a pixel's centre is at +0.5.
+    """
+    return np.asarray(cols, dtype=float) + 0.5, np.asarray(rows, dtype=float) + 0.5
+
+
+def rowcol_bbox_to_xywh(
+    min_row: np.ndarray, min_col: np.ndarray, max_row: np.ndarray, max_col: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Convert half-open ``(min_row, min_col, max_row, max_col)`` boxes (scikit-image
+    ``regionprops`` order) to ``(x, y, w, h)`` arrays, the records' XYWH convention."""
+    min_row, min_col = np.asarray(min_row), np.asarray(min_col)
+    return min_col, min_row, np.asarray(max_col) - min_col, np.asarray(max_row) - min_row
+
+
+def contour_rowcol_to_xy(contour: np.ndarray) -> np.ndarray:
+    """Convert an ``(N, 2)`` ``(row, col)`` contour (``skimage.measure.find_contours``) to
+    ``(N, 2)`` ``(x, y)`` points with pixel centres at +0.5 (ImageJ's convention)."""
+    contour = np.asarray(contour, dtype=float)
+    return contour[:, ::-1] + 0.5
