@@ -1,0 +1,243 @@
+"""Segment-everything in two parts: decoding candidates (expensive) and filtering them (cheap).
+
+:func:`decode_candidates` runs the mask decoder over the point grid of every crop and keeps,
+for each candidate mask above loose score floors, a compact record: predicted IoU,
+stability score, the mask as a COCO run-length encoding, its box, its point, its crop box
+and whether it touches a crop edge. :func:`refilter` then applies thresholds, box NMS,
+the cross-crop NMS and the small-region clean-up exactly as ``SamAutomaticMaskGenerator``
+does, without the model, so moving a slider in the app never re-runs the network.
+
+What needs a re-decode (a new :func:`decode_candidates`): the image, the model,
+``points_per_side`` / ``point_grids``, every ``crop_*`` parameter except
+``crop_nms_thresh``, ``stability_score_offset``, and thresholds below the floors the
+candidates were decoded with. Everything else is a :func:`refilter`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from segment_anything.modeling import Sam
+from segment_anything.utils.amg import (
+    batched_mask_to_box,
+    calculate_stability_score,
+    generate_crop_boxes,
+    is_box_near_crop_edge,
+)
+from segment_anything.utils.transforms import ResizeLongestSide
+from torchvision.ops.boxes import batched_nms, box_area
+
+from samlib.decoder import PointDecoder
+from samlib.errors import ParameterError
+from samlib.genparams import GeneratorParams
+
+Progress = Callable[[int, int], None]
+
+# Candidates below these scores are dropped while decoding; refiltering can go down to them.
+DEFAULT_IOU_FLOOR = 0.5
+DEFAULT_STABILITY_FLOOR = 0.5
+
+
+@dataclass
+class Candidates:
+    """Every candidate mask of one image above the decode floors, in the stock order.
+
+    Attributes
+    ----------
+    iou : torch.Tensor
+        (N,) float32 predicted IoU.
+    stability : torch.Tensor
+        (N,) float32 stability score.
+    boxes : torch.Tensor
+        (N, 4) int64 XYXY box of the mask in its crop's frame (pixels).
+    points : torch.Tensor
+        (N, 2) float64 XY point prompt in the image frame (pixels).
+    crop : torch.Tensor
+        (N,) int64 index into ``crop_boxes``.
+    near_edge : torch.Tensor
+        (N,) bool: the box touches a crop edge that is not an image edge.
+    rles : list of dict
+        COCO run-length encodings (``pycocotools``) of the masks in the image frame.
+    crop_boxes : list of list of int
+        XYXY crop boxes, the first being the whole image.
+    image_size : tuple of int
+        (H, W) of the image.
+    iou_floor, stability_floor : float
+        Scores the candidates were decoded with; refilter thresholds may not go lower.
+    params : GeneratorParams
+        The parameters used for decoding (grid, crops, stability offset).
+    """
+
+    iou: torch.Tensor
+    stability: torch.Tensor
+    boxes: torch.Tensor
+    points: torch.Tensor
+    crop: torch.Tensor
+    near_edge: torch.Tensor
+    rles: list[dict[str, Any]]
+    crop_boxes: list[list[int]]
+    image_size: tuple[int, int]
+    iou_floor: float
+    stability_floor: float
+    params: GeneratorParams
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+
+def _encode(binary: torch.Tensor, crop_box: list[int], size: tuple[int, int]) -> list[dict]:
+    """COCO RLEs (image frame) of (K, h, w) bool masks of one crop, one mask at a time."""
+    x0, y0, x1, y1 = crop_box
+    full = (x0, y0, x1, y1) == (0, 0, size[1], size[0])
+    out = []
+    arr = binary.cpu().numpy()
+    for m in arr:
+        if full:
+            canvas = np.asfortranarray(m, dtype=np.uint8)
+        else:
+            canvas = np.zeros(size, dtype=np.uint8, order="F")
+            canvas[y0:y1, x0:x1] = m
+        out.append(mask_utils.encode(canvas))
+    return out
+
+
+def _batches(n: int, stock_batch: int, chunk: int) -> list[tuple[int, int]]:
+    """Decode chunks that give the stock generator's arithmetic.
+
+    The CPU kernels give the same bits for any batch of 4 or more prompts, but not for
+    fewer, so a stock batch smaller than 4 is decoded as it is and larger ones are split
+    into chunks of ``chunk`` whose tail is never smaller than 4.
+    """
+    spans = []
+    for s in range(0, n, stock_batch):
+        e = min(s + stock_batch, n)
+        if e - s < 4 or chunk >= e - s:
+            spans.append((s, e))
+            continue
+        starts = list(range(s, e, chunk))
+        if e - starts[-1] < 4:
+            starts.pop()
+        spans += [(a, b) for a, b in zip(starts, starts[1:] + [e])]
+    return spans
+
+
+def decode_candidates(
+    model: Sam,
+    rgb8: np.ndarray,
+    params: GeneratorParams,
+    *,
+    iou_floor: float | None = None,
+    stability_floor: float | None = None,
+    embedding: Any = None,
+    progress: Progress | None = None,
+    chunk: int | None = None,
+) -> Candidates:
+    """Decode every grid point of every crop into compact candidates (the expensive part).
+
+    Parameters
+    ----------
+    model : Sam
+        A ``segment_anything`` model in eval mode.
+    rgb8 : numpy.ndarray
+        (H, W, 3) uint8 RGB image.
+    params : GeneratorParams
+        Grid, crop and stability-offset parameters (thresholds serve as floor caps).
+    iou_floor, stability_floor : float, optional
+        Keep candidates with predicted IoU above / stability at or above these. Default:
+        the lower of :data:`DEFAULT_IOU_FLOOR` (:data:`DEFAULT_STABILITY_FLOOR`) and the
+        parameter's threshold.
+    embedding : samlib.embeddings.Embedding, optional
+        Precomputed embedding of the whole image (crop 0); computed if missing.
+    progress : callable, optional
+        Called as ``progress(done, total)`` in grid points, after each decoded chunk.
+    chunk : int, optional
+        Prompts decoded at once (default 8 on CPU, ``points_per_batch`` elsewhere).
+    """
+    from samlib.embeddings import compute_embedding
+
+    iou_floor = min(DEFAULT_IOU_FLOOR, params.pred_iou_thresh) if iou_floor is None else iou_floor
+    if stability_floor is None:
+        stability_floor = min(DEFAULT_STABILITY_FLOOR, params.stability_score_thresh)
+    h, w = rgb8.shape[:2]
+    crop_boxes, layer_idxs = generate_crop_boxes((h, w), params.crop_n_layers,
+                                                 params.crop_overlap_ratio)
+    grids = params.grids()
+    total = sum(len(grids[i]) for i in layer_idxs)
+    device = model.device
+    if chunk is None:
+        chunk = 8 if device.type == "cpu" else params.points_per_batch
+    thr = model.mask_threshold
+    transform = ResizeLongestSide(model.image_encoder.img_size)
+    cols: dict[str, list] = {k: [] for k in ("iou", "stab", "boxes", "points", "crop", "edge")}
+    rles: list[dict] = []
+    done = 0
+    for ci, (crop_box, layer) in enumerate(zip(crop_boxes, layer_idxs)):
+        x0, y0, x1, y1 = crop_box
+        crop = rgb8[y0:y1, x0:x1, :]
+        csize = crop.shape[:2]
+        if ci == 0 and embedding is not None:
+            if tuple(embedding.original_size) != (h, w):
+                raise ParameterError(
+                    f"embedding is of a {embedding.original_size} image, not {(h, w)}"
+                )
+            emb = embedding
+        else:
+            with torch.no_grad():
+                emb = compute_embedding(model, np.ascontiguousarray(crop))
+        dec = PointDecoder(model, emb.features)
+        points = grids[layer] * np.array(csize)[None, ::-1]
+        for s, e in _batches(len(points), params.points_per_batch, chunk):
+            pts = points[s:e]
+            coords = torch.as_tensor(transform.apply_coords(pts, csize), device=device)
+            low, iou = dec(coords)
+            iou = iou.flatten(0, 1)
+            keep = iou > iou_floor if iou_floor > 0 else torch.ones_like(iou, dtype=torch.bool)
+            idx = torch.nonzero(keep).flatten()
+            if len(idx):
+                low = low.flatten(0, 1)[idx][:, None]
+                with torch.no_grad():
+                    logits = model.postprocess_masks(low, emb.input_size, emb.original_size)[:, 0]
+                stab = calculate_stability_score(logits, thr, params.stability_score_offset)
+                k2 = stab >= stability_floor if stability_floor > 0 else torch.ones_like(keep[idx])
+                logits, stab, idx = logits[k2], stab[k2], idx[k2]
+                binary = logits > thr
+                del logits
+                boxes = batched_mask_to_box(binary)
+                edge = is_box_near_crop_edge(boxes, crop_box, [0, 0, w, h])
+                pt = torch.as_tensor(pts.repeat(3, axis=0))[idx.cpu()]
+                cols["iou"].append(iou[idx].cpu())
+                cols["stab"].append(stab.cpu())
+                cols["boxes"].append(boxes.cpu())
+                cols["points"].append(pt + torch.tensor([[x0, y0]]))
+                cols["crop"].append(torch.full((len(idx),), ci, dtype=torch.int64))
+                cols["edge"].append(edge.cpu())
+                rles += _encode(binary, crop_box, (h, w))
+                del binary
+            done += e - s
+            if progress is not None:
+                progress(done, total)
+
+    def cat(key: str, empty: torch.Tensor) -> torch.Tensor:
+        return torch.cat(cols[key]) if cols[key] else empty
+
+    return Candidates(
+        iou=cat("iou", torch.zeros(0)),
+        stability=cat("stab", torch.zeros(0)),
+        boxes=cat("boxes", torch.zeros(0, 4, dtype=torch.int64)),
+        points=cat("points", torch.zeros(0, 2, dtype=torch.float64)),
+        crop=cat("crop", torch.zeros(0, dtype=torch.int64)),
+        near_edge=cat("edge", torch.zeros(0, dtype=torch.bool)),
+        rles=rles,
+        crop_boxes=[list(map(int, b)) for b in crop_boxes],
+        image_size=(h, w),
+        iou_floor=float(iou_floor),
+        stability_floor=float(stability_floor),
+        params=params,
+        stats={"points": total},
+    )

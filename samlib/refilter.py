@@ -1,0 +1,185 @@
+"""Thresholds, duplicate removal and mask records from decoded candidates (no model calls).
+
+Each step is the one ``SamAutomaticMaskGenerator`` applies, on the same tensors, so the
+records are identical to a fresh stock run with the same parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from segment_anything.utils.amg import batched_mask_to_box, remove_small_regions
+from torchvision.ops.boxes import batched_nms, box_area
+
+from samlib.candidates import Candidates
+from samlib.errors import ParameterError
+from samlib.genparams import GeneratorParams
+
+RECORD_KEYS = (
+    "segmentation",
+    "area",
+    "bbox",
+    "predicted_iou",
+    "point_coords",
+    "stability_score",
+    "crop_box",
+)
+
+_REFILTER_PARAMS = (
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "box_nms_thresh",
+    "crop_nms_thresh",
+    "min_mask_region_area",
+    "output_mode",
+)
+
+
+def _decode(rle: dict[str, Any]) -> np.ndarray:
+    return mask_utils.decode(rle).astype(bool)
+
+
+def _uncompressed(mask: np.ndarray) -> dict[str, Any]:
+    """The stock generator's uncompressed RLE (column-major counts) of an (H, W) bool mask."""
+    h, w = mask.shape
+    flat = mask.ravel(order="F")
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    counts = np.diff(np.concatenate([[0], change, [h * w]])).tolist()
+    if flat[0]:
+        counts = [0, *counts]
+    return {"size": [h, w], "counts": counts}
+
+
+def _xywh(box: Any) -> list:
+    x0, y0, x1, y1 = (v.item() if hasattr(v, "item") else v for v in box)
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+def select(cands: Candidates, params: GeneratorParams) -> tuple[np.ndarray, torch.Tensor]:
+    """Indices of the candidates kept by thresholds and NMS, in stock order, and their boxes.
+
+    Returns the (M,) int64 candidate indices and their (M, 4) XYXY image-frame boxes.
+    """
+    if params.pred_iou_thresh < cands.iou_floor or (
+        params.stability_score_thresh < cands.stability_floor
+    ):
+        raise ParameterError(
+            f"thresholds below the decode floors (pred_iou_thresh={params.pred_iou_thresh} "
+            f"< {cands.iou_floor} or stability_score_thresh={params.stability_score_thresh} "
+            f"< {cands.stability_floor}): decode the candidates again with lower floors"
+        )
+    keep = ~cands.near_edge
+    if params.pred_iou_thresh > 0.0:
+        keep &= cands.iou > params.pred_iou_thresh
+    if params.stability_score_thresh > 0.0:
+        keep &= cands.stability >= params.stability_score_thresh
+    kept, boxes, crops = [], [], []
+    for ci, crop_box in enumerate(cands.crop_boxes):
+        idx = torch.nonzero(keep & (cands.crop == ci)).flatten()
+        b = cands.boxes[idx]
+        nms = batched_nms(b.float(), cands.iou[idx], torch.zeros(len(b)), params.box_nms_thresh)
+        idx, b = idx[nms], b[nms]
+        x0, y0 = crop_box[:2]
+        kept.append(idx)
+        boxes.append(b + torch.tensor([[x0, y0, x0, y0]]))
+        crops.append(torch.tensor([crop_box] * len(idx), dtype=torch.int64).reshape(-1, 4))
+    idx, boxes, crop_xyxy = torch.cat(kept), torch.cat(boxes), torch.cat(crops)
+    if len(cands.crop_boxes) > 1:
+        scores = 1 / box_area(crop_xyxy)
+        nms = batched_nms(boxes.float(), scores, torch.zeros(len(boxes)), params.crop_nms_thresh)
+        idx, boxes = idx[nms], boxes[nms]
+    return idx.numpy(), boxes
+
+
+def _small_regions(
+    rles: list[dict], boxes: torch.Tensor, min_area: int, nms_thresh: float
+) -> tuple[list[int], list[dict], torch.Tensor]:
+    """Stock ``postprocess_small_regions``, one mask in memory at a time.
+
+    Returns the kept positions (NMS order), their RLEs and boxes (XYXY, image frame).
+    """
+    new_rles, new_boxes, scores = [], [], []
+    for rle in rles:
+        mask = _decode(rle)
+        mask, changed = remove_small_regions(mask, min_area, mode="holes")
+        unchanged = not changed
+        mask, changed = remove_small_regions(mask, min_area, mode="islands")
+        unchanged = unchanged and not changed
+        new_boxes.append(batched_mask_to_box(torch.as_tensor(mask)[None])[0])
+        new_rles.append(None if unchanged else mask_utils.encode(np.asfortranarray(mask, np.uint8)))
+        scores.append(float(unchanged))
+    nb = torch.stack(new_boxes)
+    nms = batched_nms(nb.float(), torch.as_tensor(scores), torch.zeros(len(nb)), nms_thresh)
+    out_rles, out_boxes = [], boxes.clone()
+    for i in nms.tolist():
+        if scores[i] == 0.0:
+            out_boxes[i] = nb[i]
+    for i in nms.tolist():
+        out_rles.append(rles[i] if new_rles[i] is None else new_rles[i])
+    return nms.tolist(), out_rles, out_boxes[nms]
+
+
+def refilter(cands: Candidates, params: GeneratorParams | None = None, **changes: Any) -> list:
+    """Mask records for new thresholds, without the model (the cheap part).
+
+    Parameters
+    ----------
+    cands : Candidates
+        Output of :func:`samlib.candidates.decode_candidates`.
+    params : GeneratorParams, optional
+        Full parameters; default: those the candidates were decoded with.
+    **changes
+        Any of ``pred_iou_thresh``, ``stability_score_thresh``, ``box_nms_thresh``,
+        ``crop_nms_thresh``, ``min_mask_region_area``, ``output_mode``.
+
+    Returns
+    -------
+    list of dict
+        The workshop's records (keys :data:`RECORD_KEYS`), equal to a fresh
+        ``SamAutomaticMaskGenerator`` run with these parameters.
+    """
+    bad = set(changes) - set(_REFILTER_PARAMS)
+    if bad:
+        raise ParameterError(
+            f"{sorted(bad)} cannot be changed without decoding again; refilter accepts "
+            f"{list(_REFILTER_PARAMS)}"
+        )
+    params = (params or cands.params).replace(**changes)
+    idx, boxes = select(cands, params)
+    rles = [cands.rles[i] for i in idx]
+    if params.min_mask_region_area > 0 and len(rles):
+        pos, rles, boxes = _small_regions(
+            rles, boxes, params.min_mask_region_area,
+            max(params.box_nms_thresh, params.crop_nms_thresh),
+        )
+        idx = idx[pos]
+    return _records(cands, idx, rles, boxes, params.output_mode)
+
+
+def _records(cands: Candidates, idx: np.ndarray, rles: list[dict], boxes: torch.Tensor,
+             mode: str) -> list[dict[str, Any]]:
+    out = []
+    boxes_np = boxes.numpy()
+    for j, i in enumerate(idx.tolist()):
+        rle = rles[j]
+        if mode == "coco_rle":
+            seg: Any = {"size": list(rle["size"]), "counts": rle["counts"].decode("utf-8")}
+        elif mode == "binary_mask":
+            seg = _decode(rle)
+        else:
+            seg = _uncompressed(_decode(rle))
+        out.append(
+            {
+                "segmentation": seg,
+                "area": int(mask_utils.area(rle)),
+                "bbox": _xywh(boxes_np[j]),
+                "predicted_iou": cands.iou[i].item(),
+                "point_coords": [cands.points[i].tolist()],
+                "stability_score": cands.stability[i].item(),
+                "crop_box": _xywh(cands.crop_boxes[int(cands.crop[i])]),
+            }
+        )
+    return out
