@@ -356,9 +356,11 @@ def _torch_load(path: Path, allow_pickle: bool) -> Any:
         if "weights only" not in str(exc).lower() and "weights_only" not in str(exc):
             raise CheckpointError(f"{path} is not a readable checkpoint: {exc}") from exc
         if not allow_pickle:
+            refused = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln][:1]
             raise UnsafeCheckpointError(
                 f"{path} holds Python objects that need full unpickling, which can run "
                 "arbitrary code; load it only if you trust its source (allow_pickle=True)"
+                + (f" [{refused[0]}]" if refused else "")
             ) from exc
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
         raise CheckpointError(

@@ -74,10 +74,10 @@ def _check_inside(arr: np.ndarray, size: tuple[int, int], what: str) -> None:
 
 
 def _validate(points, labels, boxes, mask_input, size, mask_size):
-    if points is None and boxes is None and mask_input is None:
-        raise PromptError("give at least one point, box or mask_input")
     if points is None and labels is not None:
         raise PromptError("labels given without points")
+    if points is None and boxes is None and mask_input is None:
+        raise PromptError("give at least one point, box or mask_input")
     if points is not None:
         pts = _as_array(points, "points", "(N, 2) x, y")
         if pts.ndim != 2 or pts.shape[1] != 2 or pts.shape[0] == 0:

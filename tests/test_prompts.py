@@ -1,0 +1,134 @@
+"""Prompt prediction equals SamPredictor.predict bit for bit; bad prompts are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamPredictor
+
+from samlib.embeddings import compute_embedding
+from samlib.errors import PromptError
+from samlib.prompts import predict, upscale_logits
+
+H, W = 90, 130
+
+
+@pytest.fixture(scope="module")
+def scene(tiny_sam):
+    from tests.conftest import make_disks
+
+    gray, _ = make_disks((H, W))
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    pred = SamPredictor(tiny_sam)
+    pred.set_image(rgb)
+    return tiny_sam, compute_embedding(tiny_sam, rgb), pred
+
+
+PROMPTS = {
+    "point": dict(points=[[40.0, 30.0]], labels=[1]),
+    "points": dict(points=[[40.0, 30.0], [90.5, 60.2], [5.0, 80.0]], labels=[1, 1, 0]),
+    "box": dict(boxes=[20.0, 15.0, 62.0, 48.0]),
+    "box+points": dict(boxes=[70.0, 40.0, 110.0, 80.0], points=[[90.0, 60.0]], labels=[0]),
+    "edge point": dict(points=[[W, H]], labels=[1]),
+}
+
+
+def _stock(pred, prompt, multimask, mask_input=None):
+    pts = prompt.get("points")
+    return pred.predict(
+        point_coords=None if pts is None else np.array(pts),
+        point_labels=None if pts is None else np.array(prompt["labels"]),
+        box=None if "boxes" not in prompt else np.array(prompt["boxes"]),
+        mask_input=mask_input,
+        multimask_output=multimask,
+    )
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+@pytest.mark.parametrize("name", sorted(PROMPTS))
+def test_equals_sam_predictor(scene, name, multimask):
+    model, emb, pred = scene
+    masks, scores, low = _stock(pred, PROMPTS[name], multimask)
+    res = predict(model, emb, multimask=multimask, **PROMPTS[name])
+    n = 3 if multimask else 1
+    assert res.masks.shape == (1, n, H, W) and res.masks.dtype == bool
+    assert res.scores.shape == (1, n) and res.low_res_logits.shape == (1, n, 64, 64)
+    assert np.array_equal(res.low_res_logits[0], low)
+    assert np.array_equal(res.scores[0], scores)
+    assert np.array_equal(res.masks[0], masks)
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_mask_input_equals_sam_predictor(scene, multimask):
+    model, emb, pred = scene
+    prompt = PROMPTS["points"]
+    first = predict(model, emb, **prompt)
+    prev = first.low_res_logits[0, first.best_index[0]]
+    masks, scores, low = _stock(pred, prompt, multimask, mask_input=prev[None])
+    res = predict(model, emb, mask_input=prev, multimask=multimask, **prompt)
+    assert np.array_equal(res.low_res_logits[0], low)
+    assert np.array_equal(res.masks[0], masks) and np.array_equal(res.scores[0], scores)
+
+
+def test_several_boxes_equal_one_at_a_time(scene):
+    model, emb, pred = scene
+    boxes = [[20.0, 15.0, 62.0, 48.0], [70.0, 40.0, 110.0, 80.0], [0.0, 0.0, W, H]]
+    res = predict(model, emb, boxes=boxes, points=[[40.0, 30.0]], labels=[1])
+    assert res.masks.shape == (3, 3, H, W)
+    for i, box in enumerate(boxes):
+        masks, scores, _ = _stock(pred, dict(boxes=box, points=[[40.0, 30.0]], labels=[1]), True)
+        assert np.array_equal(res.masks[i], masks) and np.array_equal(res.scores[i], scores)
+
+
+def test_all_candidates_and_best(scene):
+    model, emb, _ = scene
+    multi = predict(model, emb, **PROMPTS["point"])
+    single = predict(model, emb, multimask=False, **PROMPTS["point"])
+    both = predict(model, emb, all_candidates=True, **PROMPTS["point"])
+    assert both.masks.shape[1] == 4
+    assert np.array_equal(both.scores[0, 1:], multi.scores[0])
+    assert np.array_equal(both.scores[0, :1], single.scores[0])
+    best = multi.best_masks[0]
+    assert np.array_equal(best, multi.masks[0, int(np.argmax(multi.scores[0]))])
+
+
+def test_embedding_is_not_mutated(scene):
+    model, emb, _ = scene
+    before = emb.features.clone()
+    predict(model, emb, **PROMPTS["box"])
+    assert torch.equal(before, emb.features)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(), "at least one"),
+        (dict(points=[[10, 10]]), "labels"),
+        (dict(labels=[1]), "without points"),
+        (dict(points=[[10, 10, 3]], labels=[1]), "shape"),
+        (dict(points=[[10, 10]], labels=[2]), "0 .background. or 1"),
+        (dict(points=[[10, 10], [5, 5]], labels=[1]), r"shape \(2,\)"),
+        (dict(points=[[W + 1, 10]], labels=[1]), "outside"),
+        (dict(points=[[-0.5, 10]], labels=[1]), "outside"),
+        (dict(points=[[np.nan, 10]], labels=[1]), "NaN"),
+        (dict(points=[["a", 1]], labels=[1]), "numbers"),
+        (dict(boxes=[10, 10, 5, 20]), "x0 <= x1"),
+        (dict(boxes=[10, 10, 20]), "shape"),
+        (dict(boxes=[10, 10, 20, H + 5]), "outside"),
+        (dict(mask_input=np.zeros((32, 32))), "mask_input"),
+    ],
+)
+def test_bad_prompts_refused(scene, kwargs, match):
+    model, emb, _ = scene
+    with pytest.raises(PromptError, match=match):
+        predict(model, emb, **kwargs)
+
+
+@pytest.mark.parametrize("size", [(256, 256), (100, 256), (256, 7), (31, 45), (700, 300)])
+def test_cropped_upsampling_is_bit_identical(tiny_sam, size):
+    s = 256 / max(size)
+    input_size = (int(size[0] * s + 0.5), int(size[1] * s + 0.5))
+    low = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    ref = tiny_sam.postprocess_masks(low, input_size, size)
+    assert torch.equal(upscale_logits(tiny_sam, low, input_size, size), ref)
