@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from segment_anything.modeling import Sam
 from segment_anything.utils.amg import (
     batched_mask_to_box,
@@ -30,11 +29,11 @@ from segment_anything.utils.amg import (
     is_box_near_crop_edge,
 )
 from segment_anything.utils.transforms import ResizeLongestSide
-from torchvision.ops.boxes import batched_nms, box_area
 
 from samlib.decoder import PointDecoder
 from samlib.errors import ParameterError
 from samlib.genparams import GeneratorParams
+from samlib.rle import encode
 
 Progress = Callable[[int, int], None]
 
@@ -61,8 +60,8 @@ class Candidates:
         (N,) int64 index into ``crop_boxes``.
     near_edge : torch.Tensor
         (N,) bool: the box touches a crop edge that is not an image edge.
-    rles : list of dict
-        COCO run-length encodings (``pycocotools``) of the masks in the image frame.
+    rles : list of numpy.ndarray
+        Column-major run lengths (:mod:`samlib.rle`) of the masks in the image frame.
     crop_boxes : list of list of int
         XYXY crop boxes, the first being the whole image.
     image_size : tuple of int
@@ -79,7 +78,7 @@ class Candidates:
     points: torch.Tensor
     crop: torch.Tensor
     near_edge: torch.Tensor
-    rles: list[dict[str, Any]]
+    rles: list[np.ndarray]
     crop_boxes: list[list[int]]
     image_size: tuple[int, int]
     iou_floor: float
@@ -91,19 +90,19 @@ class Candidates:
         return len(self.rles)
 
 
-def _encode(binary: torch.Tensor, crop_box: list[int], size: tuple[int, int]) -> list[dict]:
-    """COCO RLEs (image frame) of (K, h, w) bool masks of one crop, one mask at a time."""
+def _encode(binary: torch.Tensor, crop_box: list[int], size: tuple[int, int]) -> list:
+    """Run lengths (image frame) of (K, h, w) bool masks of one crop, one mask at a time."""
     x0, y0, x1, y1 = crop_box
     full = (x0, y0, x1, y1) == (0, 0, size[1], size[0])
     out = []
     arr = binary.cpu().numpy()
     for m in arr:
         if full:
-            canvas = np.asfortranarray(m, dtype=np.uint8)
+            canvas = m
         else:
-            canvas = np.zeros(size, dtype=np.uint8, order="F")
+            canvas = np.zeros(size, dtype=bool)
             canvas[y0:y1, x0:x1] = m
-        out.append(mask_utils.encode(canvas))
+        out.append(encode(canvas))
     return out
 
 
@@ -114,6 +113,7 @@ def _batches(n: int, stock_batch: int, chunk: int) -> list[tuple[int, int]]:
     fewer, so a stock batch smaller than 4 is decoded as it is and larger ones are split
     into chunks of ``chunk`` whose tail is never smaller than 4.
     """
+    chunk = max(chunk, 4)
     spans = []
     for s in range(0, n, stock_batch):
         e = min(s + stock_batch, n)
@@ -123,7 +123,7 @@ def _batches(n: int, stock_batch: int, chunk: int) -> list[tuple[int, int]]:
         starts = list(range(s, e, chunk))
         if e - starts[-1] < 4:
             starts.pop()
-        spans += [(a, b) for a, b in zip(starts, starts[1:] + [e])]
+        spans += [(a, b) for a, b in zip(starts, starts[1:] + [e], strict=True)]
     return spans
 
 
@@ -165,8 +165,9 @@ def decode_candidates(
     if stability_floor is None:
         stability_floor = min(DEFAULT_STABILITY_FLOOR, params.stability_score_thresh)
     h, w = rgb8.shape[:2]
-    crop_boxes, layer_idxs = generate_crop_boxes((h, w), params.crop_n_layers,
-                                                 params.crop_overlap_ratio)
+    crop_boxes, layer_idxs = generate_crop_boxes(
+        (h, w), params.crop_n_layers, params.crop_overlap_ratio
+    )
     grids = params.grids()
     total = sum(len(grids[i]) for i in layer_idxs)
     device = model.device
@@ -175,9 +176,9 @@ def decode_candidates(
     thr = model.mask_threshold
     transform = ResizeLongestSide(model.image_encoder.img_size)
     cols: dict[str, list] = {k: [] for k in ("iou", "stab", "boxes", "points", "crop", "edge")}
-    rles: list[dict] = []
+    rles: list[np.ndarray] = []
     done = 0
-    for ci, (crop_box, layer) in enumerate(zip(crop_boxes, layer_idxs)):
+    for ci, (crop_box, layer) in enumerate(zip(crop_boxes, layer_idxs, strict=True)):
         x0, y0, x1, y1 = crop_box
         crop = rgb8[y0:y1, x0:x1, :]
         csize = crop.shape[:2]

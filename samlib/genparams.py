@@ -107,8 +107,9 @@ class GeneratorParams:
         if params.get("point_grids") is not None and "points_per_side" not in params:
             params["points_per_side"] = None
         if params.get("point_grids") is not None:
-            params["point_grids"] = tuple(np.asarray(g, dtype=np.float64) for g in
-                                          params["point_grids"])
+            params["point_grids"] = tuple(
+                np.asarray(g, dtype=np.float64) for g in params["point_grids"]
+            )
         return cls(**params)
 
 

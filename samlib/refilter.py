@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from segment_anything.utils.amg import batched_mask_to_box, remove_small_regions
 from torchvision.ops.boxes import batched_nms, box_area
 
+from samlib import rle as rlelib
 from samlib.candidates import Candidates
 from samlib.errors import ParameterError
 from samlib.genparams import GeneratorParams
@@ -36,21 +36,6 @@ _REFILTER_PARAMS = (
     "min_mask_region_area",
     "output_mode",
 )
-
-
-def _decode(rle: dict[str, Any]) -> np.ndarray:
-    return mask_utils.decode(rle).astype(bool)
-
-
-def _uncompressed(mask: np.ndarray) -> dict[str, Any]:
-    """The stock generator's uncompressed RLE (column-major counts) of an (H, W) bool mask."""
-    h, w = mask.shape
-    flat = mask.ravel(order="F")
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    counts = np.diff(np.concatenate([[0], change, [h * w]])).tolist()
-    if flat[0]:
-        counts = [0, *counts]
-    return {"size": [h, w], "counts": counts}
 
 
 def _xywh(box: Any) -> list:
@@ -95,21 +80,25 @@ def select(cands: Candidates, params: GeneratorParams) -> tuple[np.ndarray, torc
 
 
 def _small_regions(
-    rles: list[dict], boxes: torch.Tensor, min_area: int, nms_thresh: float
-) -> tuple[list[int], list[dict], torch.Tensor]:
+    rles: list[np.ndarray],
+    size: tuple[int, int],
+    boxes: torch.Tensor,
+    min_area: int,
+    nms_thresh: float,
+) -> tuple[list[int], list[np.ndarray], torch.Tensor]:
     """Stock ``postprocess_small_regions``, one mask in memory at a time.
 
     Returns the kept positions (NMS order), their RLEs and boxes (XYXY, image frame).
     """
     new_rles, new_boxes, scores = [], [], []
     for rle in rles:
-        mask = _decode(rle)
+        mask = rlelib.decode(rle, size)
         mask, changed = remove_small_regions(mask, min_area, mode="holes")
         unchanged = not changed
         mask, changed = remove_small_regions(mask, min_area, mode="islands")
         unchanged = unchanged and not changed
         new_boxes.append(batched_mask_to_box(torch.as_tensor(mask)[None])[0])
-        new_rles.append(None if unchanged else mask_utils.encode(np.asfortranarray(mask, np.uint8)))
+        new_rles.append(None if unchanged else rlelib.encode(mask))
         scores.append(float(unchanged))
     nb = torch.stack(new_boxes)
     nms = batched_nms(nb.float(), torch.as_tensor(scores), torch.zeros(len(nb)), nms_thresh)
@@ -152,29 +141,34 @@ def refilter(cands: Candidates, params: GeneratorParams | None = None, **changes
     rles = [cands.rles[i] for i in idx]
     if params.min_mask_region_area > 0 and len(rles):
         pos, rles, boxes = _small_regions(
-            rles, boxes, params.min_mask_region_area,
+            rles,
+            cands.image_size,
+            boxes,
+            params.min_mask_region_area,
             max(params.box_nms_thresh, params.crop_nms_thresh),
         )
         idx = idx[pos]
     return _records(cands, idx, rles, boxes, params.output_mode)
 
 
-def _records(cands: Candidates, idx: np.ndarray, rles: list[dict], boxes: torch.Tensor,
-             mode: str) -> list[dict[str, Any]]:
+def _records(
+    cands: Candidates, idx: np.ndarray, rles: list[np.ndarray], boxes: torch.Tensor, mode: str
+) -> list[dict[str, Any]]:
     out = []
+    size = cands.image_size
     boxes_np = boxes.numpy()
     for j, i in enumerate(idx.tolist()):
         rle = rles[j]
         if mode == "coco_rle":
-            seg: Any = {"size": list(rle["size"]), "counts": rle["counts"].decode("utf-8")}
+            seg: Any = rlelib.to_coco(rle, size)
         elif mode == "binary_mask":
-            seg = _decode(rle)
+            seg = rlelib.decode(rle, size)
         else:
-            seg = _uncompressed(_decode(rle))
+            seg = rlelib.to_uncompressed(rle, size)
         out.append(
             {
                 "segmentation": seg,
-                "area": int(mask_utils.area(rle)),
+                "area": rlelib.area(rle),
                 "bbox": _xywh(boxes_np[j]),
                 "predicted_iou": cands.iou[i].item(),
                 "point_coords": [cands.points[i].tolist()],

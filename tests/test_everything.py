@@ -1,0 +1,230 @@
+"""The everything-generator equals SamAutomaticMaskGenerator; refiltering needs no model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamAutomaticMaskGenerator
+from skimage.draw import disk
+
+from samlib.arch import VIT_TINY, build_sam
+from samlib.candidates import _batches
+from samlib.decoder import PointDecoder
+from samlib.errors import ImageError, ParameterError
+from samlib.everything import (
+    PARAM_HELP,
+    RECORD_KEYS,
+    GeneratorParams,
+    generate_candidates,
+    refilter,
+    segment_everything,
+)
+
+
+@pytest.fixture(scope="module")
+def sharp_sam():
+    """A tiny random SAM whose mask logits are scaled up so that many masks are stable."""
+    torch.manual_seed(2)
+    sam = build_sam(VIT_TINY)
+    with torch.no_grad():
+        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight *= 100
+            mlp.layers[-1].bias *= 100
+    return sam
+
+
+def colored_disks(shape=(96, 128), n=8, seed=0):
+    """Disks of random colours on black: (H, W, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((*shape, 3), np.uint8)
+    for _ in range(n):
+        r, c = rng.integers(10, shape[0] - 10), rng.integers(10, shape[1] - 10)
+        rr, cc = disk((r, c), rng.integers(6, 16), shape=shape)
+        img[rr, cc] = rng.integers(60, 255, 3)
+    return img
+
+
+def assert_same_records(ours, ref):
+    assert len(ours) == len(ref)
+    for a, b in zip(ours, ref, strict=True):
+        assert tuple(a) == RECORD_KEYS
+        assert set(a) == set(b)
+        if isinstance(b["segmentation"], np.ndarray):
+            assert a["segmentation"].shape == b["segmentation"].shape
+            assert np.array_equal(a["segmentation"], b["segmentation"])
+        else:
+            assert a["segmentation"] == b["segmentation"]
+        assert abs(a["predicted_iou"] - b["predicted_iou"]) <= 1e-6
+        for key in ("area", "bbox", "point_coords", "stability_score", "crop_box"):
+            assert a[key] == b[key], key
+
+
+CASES = [
+    dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.1, box_nms_thresh=1.0),
+    dict(
+        points_per_side=7,
+        pred_iou_thresh=0.05,
+        stability_score_thresh=0.1,
+        points_per_batch=5,
+        box_nms_thresh=1.0,
+    ),
+    dict(
+        points_per_side=6,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.1,
+        crop_n_layers=1,
+        box_nms_thresh=0.95,
+        min_mask_region_area=30,
+    ),
+    dict(
+        points_per_side=6,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.1,
+        output_mode="coco_rle",
+        box_nms_thresh=1.0,
+        stability_score_offset=0.5,
+    ),
+    dict(
+        points_per_side=5,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.1,
+        output_mode="uncompressed_rle",
+        box_nms_thresh=1.0,
+        min_mask_region_area=50,
+    ),
+]
+
+
+@pytest.mark.parametrize("params", CASES)
+def test_equals_stock_generator(sharp_sam, params):
+    img = colored_disks()
+    ref = SamAutomaticMaskGenerator(sharp_sam, **params).generate(img)
+    ours = segment_everything(sharp_sam, img, **params)
+    assert len(ref) >= 3  # the comparison means something
+    assert_same_records(ours, ref)
+
+
+def test_point_decoder_is_bit_identical(sharp_sam):
+    torch.manual_seed(0)
+    feats = torch.randn(1, 32, 16, 16)
+    pts = torch.rand(12, 2, dtype=torch.float64) * 256
+    pe = sharp_sam.prompt_encoder
+    with torch.no_grad():
+        sparse, dense = pe(
+            points=(pts[:, None], torch.ones(12, 1, dtype=torch.int)), boxes=None, masks=None
+        )
+        ref_m, ref_i = sharp_sam.mask_decoder(feats, pe.get_dense_pe(), sparse, dense, True)
+    m, i = PointDecoder(sharp_sam, feats)(pts)
+    assert torch.equal(m, ref_m) and torch.equal(i, ref_i)
+
+
+@pytest.mark.parametrize(("n", "stock", "chunk"), [(10, 64, 4), (65, 64, 8), (9, 3, 8), (30, 7, 3)])
+def test_decode_batches_cover_points_in_order(n, stock, chunk):
+    spans = _batches(n, stock, chunk)
+    assert spans[0][0] == 0 and spans[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    # a stock batch of fewer than 4 prompts is kept whole; no chunk is cut below 4
+    for s, e in spans:
+        assert e - s >= min(4, stock, n - s)
+
+
+class CallCounter:
+    def __init__(self, model):
+        self.calls = 0
+        self.handles = [m.register_forward_pre_hook(self.hook) for m in model.modules()]
+
+    def hook(self, *args):
+        self.calls += 1
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def test_refilter_equals_fresh_run_without_model(sharp_sam):
+    img = colored_disks(seed=1)
+    base = dict(points_per_side=6, crop_n_layers=1, box_nms_thresh=0.9)
+    cands = generate_candidates(
+        sharp_sam, img, GeneratorParams(**base), iou_floor=0.0, stability_floor=0.05
+    )
+    assert len(cands) > 20
+    counter = CallCounter(sharp_sam)
+    changes = [
+        dict(pred_iou_thresh=0.0, stability_score_thresh=0.1),
+        dict(pred_iou_thresh=0.1, stability_score_thresh=0.3, box_nms_thresh=1.0),
+        dict(
+            pred_iou_thresh=0.0,
+            stability_score_thresh=0.05,
+            crop_nms_thresh=0.5,
+            min_mask_region_area=40,
+            output_mode="coco_rle",
+        ),
+    ]
+    try:
+        results = [refilter(cands, **c) for c in changes]
+        assert counter.calls == 0
+    finally:
+        counter.remove()
+    for c, ours in zip(changes, results, strict=True):
+        ref = SamAutomaticMaskGenerator(sharp_sam, **base, **c).generate(img)
+        assert_same_records(ours, ref)
+    assert len(results[0]) != len(results[1])
+
+
+def test_refilter_refuses_what_needs_a_new_decode(sharp_sam):
+    img = colored_disks()
+    cands = generate_candidates(sharp_sam, img, GeneratorParams(points_per_side=4))
+    with pytest.raises(ParameterError, match="stability_score_offset"):
+        refilter(cands, stability_score_offset=0.5)
+    with pytest.raises(ParameterError, match="floors"):
+        refilter(cands, pred_iou_thresh=0.1)
+
+
+def test_progress_and_keys(sharp_sam):
+    seen = []
+    recs = segment_everything(
+        sharp_sam,
+        colored_disks(),
+        points_per_side=5,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.1,
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    assert recs and all(tuple(r) == RECORD_KEYS for r in recs)
+    assert seen[-1] == (25, 25)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(points_per_side=0),
+        dict(pred_iou_thresh=1.5),
+        dict(stability_score_offset=0.0),
+        dict(box_nms_thresh=-0.1),
+        dict(crop_n_layers=-1),
+        dict(output_mode="png"),
+        dict(min_mask_region_area=2.5),
+        dict(points_per_side=4, point_grids=[np.full((4, 2), 0.5)]),
+        dict(point_grids=[np.full((4, 2), 1.5)]),
+        dict(no_such_parameter=1),
+    ],
+)
+def test_bad_parameters_raise(sharp_sam, bad):
+    with pytest.raises(ParameterError):
+        segment_everything(sharp_sam, colored_disks(), **bad)
+
+
+def test_bad_image_raises(sharp_sam):
+    with pytest.raises(ImageError, match="uint8"):
+        segment_everything(sharp_sam, np.zeros((8, 8, 3), np.float32))
+
+
+def test_point_grids_and_help():
+    grid = np.array([[0.25, 0.25], [0.75, 0.5]])
+    p = GeneratorParams.from_kwargs(point_grids=[grid])
+    assert p.points_per_side is None and np.array_equal(p.grids()[0], grid)
+    assert GeneratorParams().grids()[0].shape == (32 * 32, 2)
+    fields = set(GeneratorParams.__dataclass_fields__)
+    assert set(PARAM_HELP) == fields
