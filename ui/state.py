@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,15 +18,16 @@ from typing import Any
 import streamlit as st
 
 from samlib import errors
-from samlib.embeddings import EmbeddingCache
+from samlib.embeddings import Embedding, EmbeddingCache, embedding_key
 from samlib.models import cache_dir, default_model_name, load_model, pick_device
-from samlib.session import WorkImage
+from samlib.session import WorkImage, estimate_encode_seconds
 
 # Session-state keys (one place, so pages and tests agree on them).
 IMAGE = "work_image"  # WorkImage the pages work on
 MODEL = "model_name"  # registry name or checkpoint path
 EVERYTHING = "everything"  # ui.everything_state.EverythingRun of the current image
 OBJECTS = "prompt_objects"  # {image key: [PromptedObject, ...]}
+_ENCODE_SECONDS = "encode_seconds"  # {model name: last measured seconds}
 
 # What to do about each kind of error, in words a biologist acts on.
 _HINTS: list[tuple[type[BaseException], str]] = [
@@ -148,3 +150,20 @@ def embedding_cache() -> EmbeddingCache:
     """The process-wide embedding cache (memory LRU + disk), keyed by model+image+settings."""
     folder = None if os.environ.get("SAMLIB_NO_DISK_CACHE") else cache_dir() / "embeddings"
     return EmbeddingCache(directory=folder, max_items=8)
+
+
+def embedding_ui(model, work: WorkImage) -> Embedding:
+    """Return the image embedding, computing it once (spinner with a time estimate)."""
+    cache = embedding_cache()
+    settings = work.settings.as_dict()
+    if embedding_key(model, work.rgb8, settings) in cache:
+        return cache.get(model, work.rgb8, settings)
+    name = model.samlib_info.name
+    measured = st.session_state.setdefault(_ENCODE_SECONDS, {})
+    n_params = sum(p.numel() for p in model.image_encoder.parameters())
+    guess = measured.get(name) or estimate_encode_seconds(n_params, model.device.type)
+    with st.spinner(f"Computing the image embedding (once per image, about {guess:.0f} s)..."):
+        t0 = time.perf_counter()
+        emb = cache.get(model, work.rgb8, settings)
+        measured[name] = time.perf_counter() - t0
+    return emb

@@ -1,0 +1,76 @@
+"""Segment everything (workshop chapter 3): grid prompts, live filters, histogram, exports."""
+
+import streamlit as st
+
+from samlib.everything_run import run_everything
+from ui import everything_ui, results_ui, state
+
+st.title("Segment everything")
+st.caption(
+    "Workshop chapter 3. SAM is prompted with a grid of points; every answer that passes the "
+    "quality filters becomes a mask. Run once, then tune the filters: they apply instantly, "
+    "without running the model again."
+)
+
+work = state.require_image()
+model = state.get_model()
+
+with st.sidebar:
+    st.header("Generator")
+    params = everything_ui.generator_params_ui()
+    run_clicked = st.button(
+        "Run segment everything",
+        type="primary",
+        key="run_everything",
+        icon=":material/play_arrow:",
+        width="stretch",
+    )
+
+run = st.session_state.get(state.EVERYTHING)
+if run_clicked:
+    bar = st.progress(0.0, text="Computing the image embedding...")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"Decoding point batches: {done} of {total}")
+
+    with state.guard("Segment everything"):
+        emb = state.embedding_ui(model, work)
+        floors = {k: params.pop(k) for k in ("iou_floor", "stability_floor")}
+        run = run_everything(model, work, params, **floors, embedding=emb, progress=progress)
+        st.session_state[state.EVERYTHING] = run
+    bar.empty()
+
+if run is None or run.image_key != work.key:
+    st.info(
+        "Set the generator parameters in the sidebar (the workshop's defaults are "
+        "preselected) and press **Run segment everything**."
+    )
+    st.stop()
+
+st.caption(
+    f"Last run: {run.n_candidates} candidate masks decoded in {run.seconds:.1f} s "
+    f"with {run.model_name}."
+)
+
+filters = everything_ui.filter_ui(run)
+result = everything_ui.apply_filters(run, filters)
+counts = st.container()  # filled below, once the area filter is known
+
+hist, area = st.columns([3, 2], gap="large")
+with area:
+    area_range = everything_ui.area_ui(result, work)
+result = everything_ui.apply_area(result, area_range)
+with hist:
+    everything_ui.histogram_ui(result, area_range)
+with counts:
+    everything_ui.counts_ui(result)
+
+st.subheader(f"{len(result.kept)} masks")
+results_ui.results_tabs_ui(
+    work,
+    result.kept,
+    key="everything",
+    source="everything",
+    params={**run.params, **filters, "area_range": list(area_range)},
+    grid_points=run.grid_points,
+)

@@ -1,0 +1,83 @@
+"""Prompts (workshop chapter 4): points and boxes on the image, candidates, object list."""
+
+import streamlit as st
+
+from samlib.canvas import merge_prompts
+from samlib.objects import predict_candidates, records_of
+from ui import prompt_ui, results_ui, state
+
+st.title("Segment with prompts")
+st.caption(
+    "Workshop chapter 4. Click on an object (green: foreground point, red: background "
+    "point) or drag a box. SAM answers with candidate masks; keep the best one as an object."
+)
+
+work = state.require_image()
+model = state.get_model()
+emb = None
+with state.guard("Computing the image embedding"):
+    emb = state.embedding_ui(model, work)
+if emb is None:
+    st.stop()
+
+objects: list = st.session_state.setdefault(state.OBJECTS, {}).setdefault(work.key, [])
+generation = st.session_state.setdefault("canvas_generation", 0)
+
+
+def _accept(new_objects: list) -> None:
+    objects.extend(new_objects)
+    st.session_state["canvas_generation"] += 1  # a fresh, empty canvas for the next object
+    st.session_state["typed_prompts"] = None
+
+
+left, right = st.columns([3, 2], gap="large")
+with left:
+    mode, colour, multimask = prompt_ui.tool_ui()
+    drawn = prompt_ui.canvas_ui(work, mode, colour, generation)
+    prompts = merge_prompts(drawn, prompt_ui.typed_prompts_ui(work))
+
+with right:
+    st.subheader("Candidates")
+    if prompts.empty:
+        st.info("Click on an object in the image, or drag a box around it.")
+    else:
+        st.dataframe(prompts.as_rows(), hide_index=True, width="stretch")
+        result = None
+        with state.guard("Prompting SAM"):
+            result = predict_candidates(model, emb, prompts, multimask=multimask)
+        if result is not None and len(prompts.boxes) > 1:
+            st.image(
+                prompt_ui.objects_view(work, result.best_masks(), prompts),
+                caption=f"{len(prompts.boxes)} boxes, one mask each",
+                width="stretch",
+            )
+            if st.button(f"Add {len(prompts.boxes)} objects", type="primary", key="add_objects"):
+                _accept(result.objects(None))
+                st.rerun()
+        elif result is not None:
+            pick = prompt_ui.candidates_ui(work, result.masks[0], result.scores[0], prompts)
+            if st.button("Add to objects", type="primary", key="add_object", icon=":material/add:"):
+                _accept(result.objects(pick))
+                st.rerun()
+
+    st.subheader(f"Objects: {len(objects)}")
+    c1, c2 = st.columns(2)
+    if c1.button("Undo last", key="undo_object", disabled=not objects, icon=":material/undo:"):
+        objects.pop()
+        st.rerun()
+    if c2.button("Clear all", key="clear_objects", disabled=not objects, icon=":material/delete:"):
+        objects.clear()
+        st.rerun()
+
+if objects:
+    st.divider()
+    st.subheader("Accepted objects")
+    records = records_of(objects)
+    results_ui.results_tabs_ui(
+        work, records, key="prompts", source="prompts", params={"multimask": multimask}
+    )
+else:
+    st.caption(
+        "Accepted objects appear here as a label image, a measurement table and "
+        "downloads (label TIFF/PNG, CSV, COCO JSON, ImageJ ROIs)."
+    )

@@ -1,0 +1,233 @@
+"""Every page of the Streamlit app, driven headless with ``streamlit.testing.v1.AppTest``.
+
+The test seam: ``$SAMLIB_MODEL`` points at a tiny random-weight checkpoint (saved with
+``samlib.models.save_checkpoint``), so pages run the real pipeline in seconds.
+``$SAMLIB_CACHE_DIR`` keeps downloads and embeddings in a temporary folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from samlib.arch import VIT_TINY, build_sam
+from samlib.models import save_checkpoint
+from ui import state
+
+# pycocotools (a compiled module, so not filterable by module name) warns under NumPy 2.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [
+    "pages/home.py",
+    "pages/system_check.py",
+    "pages/everything.py",
+    "pages/prompts.py",
+    "pages/about.py",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A seeded random-weight tiny ViT-SAM saved in the samlib checkpoint format."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny_random.pt"
+    return save_checkpoint(build_sam(VIT_TINY), path, VIT_TINY, extra={"note": "random"})
+
+
+@pytest.fixture
+def app_env(monkeypatch, tmp_path, tiny_checkpoint):
+    monkeypatch.setenv("SAMLIB_MODEL", str(tiny_checkpoint))
+    monkeypatch.setenv("SAMLIB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(ROOT)
+    return tiny_checkpoint
+
+
+def new_app() -> AppTest:
+    return AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+
+
+def no_errors(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def with_sample(at: AppTest, name: str | None = None) -> AppTest:
+    """Run the home page so that a bundled sample becomes the session's image."""
+    at.run()
+    no_errors(at)
+    if name is not None:
+        at.selectbox(key="w_sample_name").set_value(name).run()
+        no_errors(at)
+    assert at.session_state[state.IMAGE] is not None
+    return at
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_runs_on_a_fresh_session(app_env, page):
+    at = new_app()
+    at.switch_page(page).run()
+    no_errors(at)
+    if page in ("pages/everything.py", "pages/prompts.py"):
+        # without an image, the page explains what to do instead of failing
+        assert any("No image yet" in i.value for i in at.info)
+
+
+def test_home_loads_a_sample_and_settings_change_what_sam_sees(app_env):
+    at = with_sample(new_app())
+    work = at.session_state[state.IMAGE]
+    assert work.rgb8.dtype == np.uint8 and work.rgb8.ndim == 3
+    assert at.session_state[state.MODEL] == str(app_env)  # the seam picked the test model
+    tag = next(k for k in at.session_state.filtered_state if k.startswith("w_pct_"))
+    at.slider(key=tag).set_value((0.0, 50.0)).run()
+    no_errors(at)
+    brighter = at.session_state[state.IMAGE]
+    assert brighter.rgb8.mean() > work.rgb8.mean()
+    assert brighter.key != work.key
+    # the image survives a page change and coming back
+    at.switch_page("pages/about.py").run()
+    at.switch_page("pages/home.py").run()
+    assert at.session_state[state.IMAGE].key == brighter.key
+    assert at.slider(key=tag).value == (0.0, 50.0)
+
+
+def test_system_check_lists_versions_and_runs_the_self_test(app_env):
+    at = new_app()
+    at.switch_page("pages/system_check.py").run()
+    no_errors(at)
+    versions = at.dataframe[0].value
+    assert {"torch", "segment-anything", "streamlit", "python"} <= set(versions["package"])
+    models = at.dataframe[1].value
+    assert {"vit_b", "vit_l", "vit_h"} <= set(models["model"])
+    assert not models.set_index("model").loc["vit_h", "cached"]
+    at.button(key="run_selftest").run()
+    no_errors(at)
+    steps = at.session_state["selftest"]
+    assert [s["ok"] for s in steps] == [True] * len(steps), steps
+    assert any("passed" in s.value for s in at.success)
+
+
+def test_a_second_session_never_sees_the_first_sessions_image(app_env):
+    first = with_sample(new_app())
+    first.switch_page("pages/prompts.py").run()
+    second = new_app()
+    second.switch_page("pages/prompts.py").run()
+    no_errors(second)
+    assert state.IMAGE not in second.session_state
+    assert any("No image yet" in i.value for i in second.info)
+
+
+def seeded(at: AppTest, n_channels: int = 1) -> AppTest:
+    """Put a synthetic image with bright disks (known answer) into the session."""
+    from samlib.image import as_image
+    from samlib.session import prepare_image
+    from tests.conftest import make_disks
+
+    img, _ = make_disks(shape=(96, 128), dtype=np.uint16)
+    data = np.stack([img] * n_channels, axis=-1) if n_channels > 1 else img
+    at.session_state[state.IMAGE] = prepare_image(as_image(data, name="disks.tif"))
+    return at
+
+
+def run_everything_page(at: AppTest) -> AppTest:
+    at.switch_page("pages/everything.py").run()
+    no_errors(at)
+    at.slider(key="w_points_per_side").set_value(8)
+    at.number_input(key="w_iou_floor").set_value(0.0)
+    at.number_input(key="w_stability_floor").set_value(0.0)
+    at.button(key="run_everything").click().run()
+    no_errors(at)
+    return at
+
+
+def loosen(at: AppTest) -> None:
+    """Thresholds at which a random-weight model keeps many masks (its scores are low)."""
+    at.slider(key="w_pred_iou_thresh").set_value(0.0)
+    at.slider(key="w_stability_score_thresh").set_value(0.0)
+    at.slider(key="w_box_nms_thresh").set_value(1.0).run()
+    no_errors(at)
+
+
+RECORD_COLUMNS = [
+    "id",
+    "segmentation",
+    "area",
+    "bbox",
+    "predicted_iou",
+    "point_coords",
+    "stability_score",
+    "crop_box",
+]
+
+
+def record_table(at: AppTest):
+    return next(df.value for df in at.dataframe if "segmentation" in df.value.columns)
+
+
+def metric(at: AppTest, label: str) -> int:
+    return int(next(m.value for m in at.metric if m.label == label))
+
+
+def test_everything_runs_once_and_filters_live_without_the_model(app_env, monkeypatch):
+    at = run_everything_page(seeded(new_app()))
+    run = at.session_state[state.EVERYTHING]
+    assert run.n_candidates > 0 and run.grid_points.shape == (64, 2)
+    loosen(at)
+    loose = metric(at, "After quality & NMS")
+    assert loose > 1
+
+    # from now on the model must not run: any decoder call fails the test
+    import samlib.candidates
+
+    def boom(*a, **k):
+        raise AssertionError("the model ran while re-filtering")
+
+    monkeypatch.setattr(samlib.candidates, "decode_candidates", boom)
+    monkeypatch.setattr("samlib.everything.decode_candidates", boom)
+    at.slider(key="w_pred_iou_thresh").set_value(0.1).run()
+    no_errors(at)
+    fewer = metric(at, "After quality & NMS")
+    assert 0 < fewer < loose  # a stricter quality threshold keeps fewer masks
+    at.slider(key="w_box_nms_thresh").set_value(0.7).run()
+    no_errors(at)
+    assert metric(at, "After quality & NMS") < fewer  # NMS removes overlapping masks
+    assert at.session_state[state.EVERYTHING] is run  # same run, not re-decoded
+    at.slider(key="w_box_nms_thresh").set_value(1.0).run()
+
+    records = record_table(at)
+    assert list(records.columns) == RECORD_COLUMNS
+
+
+def test_everything_area_slider_changes_the_count_and_tables(app_env):
+    at = run_everything_page(seeded(new_app()))
+    loosen(at)
+    area = next(s for s in at.slider if s.key and s.key.startswith("w_area_"))
+    lo, hi = area.value
+    before = metric(at, "After area filter")
+    assert before == metric(at, "After whole-image filter") > 1
+    cut = sorted(at.session_state["_refilter_memo"].popitem()[1].areas)[5]
+    area.set_value((lo, int(cut))).run()
+    no_errors(at)
+    after = metric(at, "After area filter")
+    assert 6 <= after < before
+    # the tables list exactly the kept masks, with the workshop's keys and the measurements
+    records = record_table(at)
+    assert list(records.columns) == RECORD_COLUMNS
+    assert len(records) == after and records["area"].between(lo, cut).all()
+    measured = next(df.value for df in at.dataframe if "perimeter" in df.value.columns)
+    assert {
+        "id",
+        "area",
+        "centroid_x",
+        "eccentricity",
+        "solidity",
+        "predicted_iou",
+        "mean_intensity_c0",
+    } <= set(measured.columns)
+    assert measured["area"].tolist() == records["area"].tolist()

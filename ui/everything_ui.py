@@ -1,0 +1,272 @@
+"""Widgets of the Segment everything page: generator parameters, live filters, histogram."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from samlib.everything_run import EverythingRun, FilteredRun, area_filter, refilter_run
+from samlib.genparams import OUTPUT_MODES, PARAM_HELP, GeneratorParams
+from samlib.session import WorkImage
+from ui import state
+
+DEFAULTS = GeneratorParams()
+
+
+def generator_params_ui() -> dict[str, Any]:
+    """Parameters that need a model run (grid, crops, stability offset); return them."""
+    h = PARAM_HELP
+    p: dict[str, Any] = {}
+    p["points_per_side"] = state.kept(
+        st.slider,
+        "points_per_side",
+        "points_per_side",
+        DEFAULTS.points_per_side,
+        min_value=4,
+        max_value=64,
+        help=h["points_per_side"],
+    )
+    p["points_per_batch"] = state.kept(
+        st.select_slider,
+        "points_per_batch",
+        "points_per_batch",
+        DEFAULTS.points_per_batch,
+        options=[16, 32, 64, 128, 256],
+        help=h["points_per_batch"],
+    )
+    p["stability_score_offset"] = state.kept(
+        st.slider,
+        "stability_score_offset",
+        "stability_score_offset",
+        DEFAULTS.stability_score_offset,
+        min_value=0.1,
+        max_value=3.0,
+        step=0.1,
+        help=h["stability_score_offset"],
+    )
+    with st.expander("Crops (zoomed-in tiles)"):
+        p["crop_n_layers"] = state.kept(
+            st.slider,
+            "crop_n_layers",
+            "crop_n_layers",
+            DEFAULTS.crop_n_layers,
+            min_value=0,
+            max_value=3,
+            help=h["crop_n_layers"],
+        )
+        p["crop_overlap_ratio"] = state.kept(
+            st.slider,
+            "crop_overlap_ratio",
+            "crop_overlap_ratio",
+            round(DEFAULTS.crop_overlap_ratio, 3),
+            min_value=0.0,
+            max_value=0.9,
+            step=0.01,
+            help=h["crop_overlap_ratio"],
+        )
+        p["crop_n_points_downscale_factor"] = state.kept(
+            st.slider,
+            "crop_n_points_downscale_factor",
+            "crop_n_points_downscale_factor",
+            DEFAULTS.crop_n_points_downscale_factor,
+            min_value=1,
+            max_value=4,
+            help=h["crop_n_points_downscale_factor"],
+        )
+    with st.expander("Mask post-processing"):
+        p["min_mask_region_area"] = state.kept(
+            st.number_input,
+            "min_mask_region_area (px)",
+            "min_mask_region_area",
+            DEFAULTS.min_mask_region_area,
+            min_value=0,
+            step=10,
+            help=h["min_mask_region_area"],
+        )
+        p["output_mode"] = state.kept(
+            st.selectbox,
+            "output_mode",
+            "output_mode",
+            DEFAULTS.output_mode,
+            options=list(OUTPUT_MODES),
+            help=h["output_mode"],
+        )
+    with st.expander("Live-filter floors"):
+        p["iou_floor"] = state.kept(
+            st.number_input,
+            "Lowest pred_iou_thresh offered",
+            "iou_floor",
+            0.5,
+            min_value=0.0,
+            max_value=1.0,
+            step=0.05,
+            help="Candidates below this predicted IoU are dropped after the run, so the live "
+            "filter cannot go lower. Lower keeps more (slower, more memory).",
+        )
+        p["stability_floor"] = state.kept(
+            st.number_input,
+            "Lowest stability_score_thresh offered",
+            "stability_floor",
+            0.5,
+            min_value=0.0,
+            max_value=1.0,
+            step=0.05,
+            help="Same, for the stability score.",
+        )
+    st.caption(
+        "Changing these needs a new run. The quality thresholds and NMS are live "
+        "filters on the page: they apply instantly after a run."
+    )
+    return p
+
+
+def filter_ui(run: EverythingRun) -> dict[str, float]:
+    """Live quality and duplicate filters (no model run); return their values."""
+    h = PARAM_HELP
+    cols = st.columns(4 if run.params.get("crop_n_layers", 0) else 3)
+    f: dict[str, float] = {}
+    with cols[0]:
+        f["pred_iou_thresh"] = state.kept(
+            st.slider,
+            "pred_iou_thresh",
+            "pred_iou_thresh",
+            DEFAULTS.pred_iou_thresh,
+            min_value=0.0,
+            max_value=1.0,
+            step=0.01,
+            help=h["pred_iou_thresh"],
+        )
+    with cols[1]:
+        f["stability_score_thresh"] = state.kept(
+            st.slider,
+            "stability_score_thresh",
+            "stability_score_thresh",
+            DEFAULTS.stability_score_thresh,
+            min_value=0.0,
+            max_value=1.0,
+            step=0.01,
+            help=h["stability_score_thresh"],
+        )
+    with cols[2]:
+        f["box_nms_thresh"] = state.kept(
+            st.slider,
+            "box_nms_thresh",
+            "box_nms_thresh",
+            DEFAULTS.box_nms_thresh,
+            min_value=0.0,
+            max_value=1.0,
+            step=0.01,
+            help=h["box_nms_thresh"],
+        )
+    if len(cols) == 4:
+        with cols[3]:
+            f["crop_nms_thresh"] = state.kept(
+                st.slider,
+                "crop_nms_thresh",
+                "crop_nms_thresh",
+                DEFAULTS.crop_nms_thresh,
+                min_value=0.0,
+                max_value=1.0,
+                step=0.01,
+                help=h["crop_nms_thresh"],
+            )
+    return f
+
+
+def apply_filters(run: EverythingRun, filters: dict[str, float]) -> FilteredRun:
+    """Re-filter the run's candidates (memoised per session: reruns cost nothing)."""
+    memo = st.session_state.setdefault("_refilter_memo", {})
+    sig = (id(run), tuple(sorted(filters.items())))
+    if sig not in memo:
+        memo.clear()
+        with state.guard("Filtering"):
+            memo[sig] = refilter_run(run, **filters)
+    return memo.get(sig) or refilter_run(run)
+
+
+def counts_ui(result: FilteredRun) -> None:
+    """The number of masks after each step."""
+    c = st.columns(4)
+    c[0].metric("Decoded candidates", result.n_candidates)
+    c[1].metric(
+        "After quality & NMS", len(result.records), delta=len(result.records) - result.n_candidates
+    )
+    c[2].metric(
+        "After whole-image filter",
+        result.n_after_outliers,
+        delta=result.n_after_outliers - len(result.records),
+    )
+    c[3].metric(
+        "After area filter", len(result.kept), delta=len(result.kept) - result.n_after_outliers
+    )
+
+
+def area_ui(result: FilteredRun, work: WorkImage) -> tuple[int, int]:
+    """Whole-image exclusion and the min/max area slider; return the area range (px)."""
+    h, w = work.rgb8.shape[:2]
+    drop = state.kept(
+        st.checkbox,
+        "Exclude whole-image masks",
+        "drop_whole_image",
+        True,
+        help="Masks covering most of the image (the background) are not objects.",
+    )
+    st.session_state["_drop_whole_image"] = drop
+    lo, hi = result.area_bounds(drop)
+    log_x = state.kept(st.toggle, "Log area axis", "log_area", True)
+    st.session_state["_log_area"] = log_x
+    if hi <= lo:
+        st.caption(f"All masks have an area of {lo} px.")
+        return lo, max(hi, lo)
+    chosen = st.session_state.get("area_range", (lo, hi))
+    value = (int(np.clip(chosen[0], lo, hi)), int(np.clip(chosen[1], lo, hi)))
+    rng = st.slider(
+        "Area range (px)",
+        lo,
+        hi,
+        value,
+        key=f"w_area_{lo}_{hi}",
+        help="Keep masks whose area lies in this range (the histogram shades it).",
+    )
+    st.session_state["area_range"] = rng
+    if work.pixel_size_um:
+        a, b = (v * work.pixel_size_um**2 for v in rng)
+        st.caption(f"= {a:,.1f} to {b:,.1f} µm² at {work.pixel_size_um} µm/px")
+    return int(rng[0]), int(rng[1])
+
+
+def apply_area(result: FilteredRun, area_range: tuple[int, int]) -> FilteredRun:
+    """Apply the whole-image and area filters chosen in :func:`area_ui`."""
+    drop = st.session_state.get("_drop_whole_image", True)
+    return area_filter(result, area_range, drop_whole_image=drop)
+
+
+def histogram_ui(result: FilteredRun, area_range: tuple[int, int]) -> None:
+    """Histogram of mask areas, coloured by filter outcome, with the kept range shaded."""
+    log_x = st.session_state.get("_log_area", True)
+    areas = result.areas.astype(float)
+    status = result.status()
+    fig = go.Figure()
+    colours = {"kept": "#1f77b4", "outside area range": "#bbbbbb", "whole image": "#d62728"}
+    xs = np.log10(np.maximum(areas, 1)) if log_x else areas
+    for name, colour in colours.items():
+        sel = status == name
+        if sel.any():
+            fig.add_histogram(
+                x=xs[sel], name=f"{name} ({int(sel.sum())})", marker_color=colour, nbinsx=40
+            )
+    lo, hi = (np.log10(max(v, 1)) for v in area_range) if log_x else area_range
+    fig.add_vrect(x0=lo, x1=hi, fillcolor="#1f77b4", opacity=0.08, line_width=0)
+    fig.update_layout(
+        barmode="stack",
+        height=300,
+        margin=dict(l=0, r=0, t=30, b=0),
+        title="Mask areas",
+        legend=dict(orientation="h", y=-0.25),
+        xaxis_title="log10 area (px)" if log_x else "area (px)",
+        yaxis_title="masks",
+    )
+    st.plotly_chart(fig, key="area_hist")

@@ -1,0 +1,131 @@
+"""Widgets of the Prompts page: embedding, canvas tools, typed prompts, candidates, objects."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+from streamlit_drawable_canvas import st_canvas
+
+from samlib import coords, overlay
+from samlib.canvas import (
+    BACKGROUND_COLOR,
+    BOX_COLOR,
+    FOREGROUND_COLOR,
+    CanvasPrompts,
+    merge_prompts,
+    prompts_from_canvas,
+)
+from samlib.session import WorkImage
+from ui import state
+
+TOOLS = {
+    "Foreground point": ("point", FOREGROUND_COLOR),
+    "Background point": ("point", BACKGROUND_COLOR),
+    "Box": ("rect", BOX_COLOR),
+}
+CANVAS_MAX_WIDTH = 640
+
+
+def tool_ui() -> tuple[str, str, bool]:
+    """Tool picker and multimask switch; return (drawing mode, stroke colour, multimask)."""
+    cols = st.columns([3, 2])
+    with cols[0]:
+        tool = state.kept(
+            st.radio,
+            "Tool",
+            "prompt_tool",
+            "Foreground point",
+            options=list(TOOLS),
+            horizontal=True,
+            help="Click to add points; drag to draw boxes (several allowed). "
+            "The canvas toolbar undoes or clears prompts.",
+        )
+    with cols[1]:
+        multimask = state.kept(
+            st.toggle,
+            "Three candidates (multimask)",
+            "multimask",
+            True,
+            help="On: SAM proposes 3 masks (part, object, group) with a "
+            "predicted IoU each. Off: one mask.",
+        )
+    mode, colour = TOOLS[tool]
+    return mode, colour, multimask
+
+
+def canvas_ui(work: WorkImage, mode: str, colour: str, generation: int) -> CanvasPrompts:
+    """Show the image on a drawing canvas; return the drawn prompts in image pixels."""
+    image_size = work.size_xy
+    canvas_size = coords.display_size(image_size, CANVAS_MAX_WIDTH)
+    background = Image.fromarray(work.rgb8).resize(canvas_size, Image.Resampling.BILINEAR)
+    result = st_canvas(
+        background_image=background,
+        width=canvas_size[0],
+        height=canvas_size[1],
+        drawing_mode=mode,
+        stroke_color=colour,
+        stroke_width=2,
+        point_display_radius=4,
+        fill_color="rgba(0, 180, 255, 0.08)",
+        key=f"canvas_{work.key[:12]}_{generation}",
+    )
+    return prompts_from_canvas(result.json_data, canvas_size, image_size)
+
+
+def typed_prompts_ui(work: WorkImage) -> CanvasPrompts:
+    """Prompts typed as numbers (precise, keyboard-only); kept in session state."""
+    typed: CanvasPrompts = st.session_state.get("typed_prompts") or CanvasPrompts()
+    width, height = work.size_xy
+    with st.expander("Type prompt coordinates (image pixels)"):
+        c = st.columns(3)
+        x = c[0].number_input("x", 0.0, float(width), float(width // 2), key="w_typed_x")
+        y = c[1].number_input("y", 0.0, float(height), float(height // 2), key="w_typed_y")
+        fg = c[2].toggle("foreground", True, key="w_typed_fg")
+        b = st.columns(3)
+        if b[0].button("Add point", key="typed_add_point"):
+            typed = merge_prompts(typed, CanvasPrompts(np.array([[x, y]]), np.array([int(fg)])))
+        box = st.text_input("Box x0, y0, x1, y1", key="w_typed_box")
+        if b[1].button("Add box", key="typed_add_box") and box:
+            try:
+                vals = [float(v) for v in box.replace(";", ",").split(",")]
+                assert len(vals) == 4
+            except (ValueError, AssertionError):
+                st.error(f"A box is four numbers x0, y0, x1, y1; got {box!r}.")
+            else:
+                typed = merge_prompts(typed, CanvasPrompts(boxes=np.array([vals])))
+        if b[2].button("Forget typed prompts", key="typed_clear"):
+            typed = CanvasPrompts()
+    st.session_state["typed_prompts"] = typed
+    return typed
+
+
+def candidates_ui(
+    work: WorkImage, masks: np.ndarray, scores: np.ndarray, prompts: CanvasPrompts
+) -> int:
+    """Show candidate masks side by side with their predicted IoU; return the picked index."""
+    cols = st.columns(len(masks))
+    for i, (col, mask, score) in enumerate(zip(cols, masks, scores, strict=True)):
+        with col:
+            view = overlay.draw_prompts(
+                overlay.color_masks(work.rgb8, [mask]),
+                prompts.points,
+                prompts.labels,
+                prompts.boxes,
+            )
+            st.image(view, caption=f"Candidate {i + 1}: predicted IoU {score:.3f}", width="stretch")
+    best = int(np.argmax(scores))
+    return st.radio(
+        "Keep candidate",
+        range(len(masks)),
+        index=best,
+        horizontal=True,
+        format_func=lambda i: f"{i + 1} (IoU {scores[i]:.2f})",
+        key="w_pick",
+    )
+
+
+def objects_view(work: WorkImage, masks: np.ndarray, prompts: CanvasPrompts) -> np.ndarray:
+    """The image with the given masks coloured and the prompts drawn on top."""
+    view = overlay.render(work.rgb8, list(masks), boxes=False)
+    return overlay.draw_prompts(view, prompts.points, prompts.labels, prompts.boxes)

@@ -1,0 +1,146 @@
+"""Views of a set of mask records shared by the Segment everything and Prompts pages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from samlib import measure, overlay
+from samlib.results import EXPORTS, export_makers, provenance, record_rows
+from samlib.session import WorkImage
+from ui import state
+
+LAYERS = ["masks", "outlines", "boxes", "grid points"]
+
+
+def zoomable(rgb: np.ndarray, key: str, height: int = 620) -> None:
+    """Show an RGB image in a Plotly view the user can zoom and pan (scroll, drag)."""
+    fig = px.imshow(rgb, binary_string=True)
+    fig.update_layout(margin=dict(l=0, r=0, t=0, b=0), height=height, dragmode="zoom")
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    st.plotly_chart(fig, key=key, config={"scrollZoom": True, "displaylogo": False})
+
+
+def overlay_ui(
+    work: WorkImage,
+    records: Sequence[Mapping[str, Any]],
+    key: str,
+    grid_points: np.ndarray | None = None,
+) -> None:
+    """Overlay the records on the image with user-chosen layers, in a zoomable view."""
+    options = LAYERS if grid_points is not None else LAYERS[:3]
+    layers = (
+        st.pills(
+            "Show",
+            options,
+            selection_mode="multi",
+            default=["masks", "outlines"],
+            key=f"w_layers_{key}",
+        )
+        or []
+    )
+    view = overlay.render(
+        work.rgb8,
+        records,
+        masks="masks" in layers,
+        outlines="outlines" in layers,
+        boxes="boxes" in layers,
+        points=grid_points if "grid points" in layers else None,
+    )
+    zoomable(view, key=f"view_{key}")
+
+
+def gallery_ui(work: WorkImage, records: Sequence[Mapping[str, Any]], key: str) -> None:
+    """Each mask cropped from the image, largest first (workshop 3.3)."""
+    n = len(records)
+    if n == 0:
+        st.info("No masks to show.")
+        return
+    show = st.slider("How many", 1, n, min(n, 24), key=f"w_gallery_n_{key}") if n > 1 else 1
+    order = np.argsort([-r["area"] for r in records], kind="stable")[:show]
+    crops = overlay.instance_crops(work.rgb8, [records[i] for i in order])
+    cols = st.columns(6)
+    for j, (i, crop) in enumerate(zip(order, crops, strict=True)):
+        with cols[j % 6]:
+            st.image(crop, caption=f"#{i + 1}: {records[i]['area']} px", width="stretch")
+
+
+def downloads_ui(
+    work: WorkImage, records: Sequence[Mapping[str, Any]], key: str, prov: Mapping[str, Any]
+) -> None:
+    """Download buttons for every export format (each file is built when clicked)."""
+    stem = work.name.rsplit(".", 1)[0]
+    makers = export_makers(work, records, dict(prov))
+    cols = st.columns(4)
+    for j, (fmt, (suffix, mime)) in enumerate(EXPORTS.items()):
+        cols[j % 4].download_button(
+            suffix,
+            makers[fmt],
+            file_name=f"{stem}_{suffix}",
+            mime=mime,
+            key=f"dl_{key}_{fmt}",
+            icon=":material/download:",
+        )
+    st.caption(
+        "Label images: 0 = background, object i = record i; where masks overlap, the "
+        "smaller one wins. ImageJ ROIs open in Fiji's ROI manager."
+    )
+
+
+def results_tabs_ui(
+    work: WorkImage,
+    records: Sequence[Mapping[str, Any]],
+    key: str,
+    source: str,
+    params: Mapping[str, Any],
+    grid_points: np.ndarray | None = None,
+) -> None:
+    """Tabs: overlay, records, measurements, gallery, downloads (and evaluation if possible)."""
+    names = ["Overlay", "Records", "Measurements", "Gallery", "Downloads"]
+    if work.ground_truth is not None:
+        names.append("Compare with reference")
+    tabs = st.tabs(names)
+    with tabs[0]:
+        overlay_ui(work, records, key, grid_points)
+    with tabs[1]:
+        st.dataframe(
+            pd.DataFrame(record_rows(records)),
+            hide_index=True,
+            width="stretch",
+            key=f"records_{key}",
+        )
+    with tabs[2]:
+        with state.guard("Measuring"):
+            table = measure.measure_records(
+                records, work.image, plane=work.settings.plane, pixel_size_um=work.pixel_size_um
+            )
+            st.dataframe(table, hide_index=True, width="stretch", key=f"measure_{key}")
+    with tabs[3]:
+        gallery_ui(work, records, key)
+    with tabs[4]:
+        model = state.get_model()
+        prov = provenance(work, model, source=source, params=params, n_masks=len(records))
+        with state.guard("Preparing downloads"):
+            downloads_ui(work, records, key, prov)
+    if work.ground_truth is not None:
+        with tabs[5]:
+            evaluation_ui(work, records)
+
+
+def evaluation_ui(work: WorkImage, records: Sequence[Mapping[str, Any]]) -> None:
+    """Precision, recall, F1 and DSB average precision against the sample's reference."""
+    from samlib import evaluate
+    from samlib.masks import labels_from_records
+
+    pred = labels_from_records(records, shape=work.rgb8.shape[:2])
+    scores = evaluate.evaluate(pred, work.ground_truth)
+    cols = st.columns(4)
+    for col, name in zip(cols, ["precision", "recall", "f1", "ap"], strict=True):
+        col.metric(name, f"{scores[name]:.2f}")
+    st.caption("At IoU 0.5; AP is the DSB2018 metric averaged over IoU 0.5..0.95.")
