@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tifffile
@@ -11,9 +9,10 @@ from skimage.draw import disk
 
 from samlib.errors import ParameterError
 from samlib.evaluate import DSB_THRESHOLDS, evaluate, label_iou, mask_iou, match
+from samlib.samples import DATA_DIR
 
 SHAPE = (100, 120)
-DSB_MASK = Path("/work/shared/data/dsb2018_nuclei/mask.tif")
+DSB_MASK = DATA_DIR / "dsb2018_nuclei" / "mask.tif"
 
 
 def _labels(disks, shape=SHAPE):
@@ -105,7 +104,6 @@ def test_empty_cases():
         evaluate(empty, np.zeros((5, 5), np.uint16))
 
 
-@pytest.mark.skipif(not DSB_MASK.exists(), reason="DSB2018 sample not present")
 def test_dsb_mask_against_itself_and_eroded():
     gt = tifffile.imread(DSB_MASK)
     e = evaluate(gt, gt)
