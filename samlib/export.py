@@ -32,6 +32,7 @@ from samlib.roi import roi_zip_bytes
 __all__ = [
     "coco_json_bytes",
     "csv_bytes",
+    "label_image",
     "label_png_bytes",
     "label_tiff_bytes",
     "mask_pngs_zip_bytes",
@@ -43,6 +44,18 @@ __all__ = [
 ]
 
 Record = Mapping[str, Any]
+
+
+def label_image(
+    records: Sequence[Record], image_size: tuple[int, int] | None = None, *, rule: str = "area"
+) -> np.ndarray:
+    """Paint records into an ``(H, W)`` label image; record ``i`` gets label ``i + 1``.
+
+    Overlaps follow ``rule`` (see :func:`samlib.masks.paint_order`): ``"area"`` (default)
+    paints larger masks first so smaller ones stay visible; ``"score"`` lets the higher
+    ``predicted_iou`` win; ``"input"`` lets later records win.
+    """
+    return labels_from_records(records, rule=rule, shape=image_size)
 
 
 def label_tiff_bytes(labels: np.ndarray, *, pixel_size_um: float | None = None) -> bytes:

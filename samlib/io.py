@@ -169,8 +169,33 @@ def check_size(shape: tuple[int, ...], label: str, max_pixels: int) -> None:
         )
 
 
+def _read_png16_rgb(stream: IO[bytes], label: str, max_pixels: int):
+    """16-bit RGB(A) PNG via OpenCV: Pillow would silently reduce it to 8 bits."""
+    import cv2
+
+    head = stream.read(33)
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    check_size((height, width, 3), label, max_pixels)
+    stream.seek(0)
+    array = cv2.imdecode(np.frombuffer(stream.read(), np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None or array.ndim != 3:
+        raise CorruptImageError(f"{label}: cannot decode the 16-bit PNG")
+    rgb = np.ascontiguousarray(array[..., 2::-1])  # OpenCV gives BGR(A); alpha dropped
+    return rgb, "YXC", None, {"mode": "RGB;16", "pillow_format": "PNG"}
+
+
+def _png_is_16bit_color(stream: IO[bytes]) -> bool:
+    head = stream.read(26)
+    stream.seek(0)
+    # IHDR: bit depth at byte 24, colour type at byte 25 (2 = RGB, 6 = RGBA).
+    return len(head) == 26 and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 6)
+
+
 def _read_pillow(stream: IO[bytes], label: str, max_pixels: int):
     from PIL import Image, UnidentifiedImageError
+
+    if _png_is_16bit_color(stream):
+        return _read_png16_rgb(stream, label, max_pixels)
 
     try:
         with warnings.catch_warnings():

@@ -20,6 +20,7 @@ from samlib.export import (
     FILE_NAMES,
     coco_dict,
     export_all,
+    label_image,
     label_png_bytes,
     label_tiff_bytes,
     mask_pngs_zip_bytes,
@@ -174,3 +175,13 @@ def test_export_all_and_write(tmp_path):
     assert tifffile.imread(io.BytesIO(empty["labels.tif"][0])).max() == 0
     with pytest.raises(ParameterError, match="bogus"):
         export_all(records, formats=["bogus"])
+
+
+def test_label_image_from_records_and_empty():
+    records = _records(rle=True)
+    labels = label_image(records, SHAPE)
+    for i, d in enumerate(DISKS, start=1):
+        assert labels[d[0], d[1]] == i
+    assert label_image([], SHAPE).shape == SHAPE
+    with pytest.raises(ParameterError):
+        label_image([])

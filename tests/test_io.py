@@ -238,3 +238,14 @@ def test_plane_and_channel_errors():
     with pytest.raises(ParameterError, match="channel 2"):
         img.channel(2)
     np.testing.assert_array_equal(img.plane(-1), img.data[2])
+
+
+def test_png_16bit_rgb_keeps_16_bits():
+    import cv2
+
+    rgb = (np.arange(10 * 12 * 3).reshape(10, 12, 3) * 181).astype(np.uint16)
+    ok, buf = cv2.imencode(".png", rgb[..., ::-1])  # OpenCV writes BGR
+    assert ok
+    img = read_image(buf.tobytes())
+    assert img.dtype == np.uint16 and img.shape == (1, 10, 12, 3)
+    np.testing.assert_array_equal(img.plane(0), rgb)
