@@ -167,7 +167,7 @@ def test_refilter_equals_fresh_run_without_model(sharp_sam):
     finally:
         counter.remove()
     for c, ours in zip(changes, results, strict=True):
-        ref = SamAutomaticMaskGenerator(sharp_sam, **base, **c).generate(img)
+        ref = SamAutomaticMaskGenerator(sharp_sam, **{**base, **c}).generate(img)
         assert_same_records(ours, ref)
     assert len(results[0]) != len(results[1])
 
