@@ -217,7 +217,7 @@ def _read_pillow(stream: IO[bytes], label: str, max_pixels: int):
                     im = im.convert("I;16")
                 array = np.asarray(im)
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"{label}: {exc}") from exc
+        raise ImageTooLargeError(f"{label}: {exc} Crop or downsample the image.") from exc
     except UnidentifiedImageError as exc:
         raise CorruptImageError(f"{label}: cannot decode the image ({exc})") from exc
     except (OSError, SyntaxError, ValueError) as exc:

@@ -249,3 +249,43 @@ def test_png_16bit_rgb_keeps_16_bits():
     img = read_image(buf.tobytes())
     assert img.dtype == np.uint16 and img.shape == (1, 10, 12, 3)
     np.testing.assert_array_equal(img.plane(0), rgb)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("axes", "stored_shape", "canonical"),
+    [
+        ("YX", (40, 56), (1, 40, 56, 1)),
+        ("YXC", (40, 56, 3), (1, 40, 56, 3)),
+        ("CYX", (2, 40, 56), (1, 40, 56, 2)),
+        ("ZYX", (6, 40, 56), (6, 40, 56, 1)),
+        ("ZCYX", (4, 2, 40, 56), (4, 40, 56, 2)),
+        ("TCZYX", (2, 3, 2, 40, 56), (4, 40, 56, 3)),
+    ],
+)
+def test_layouts_and_dtypes_round_trip(dtype, axes, stored_shape, canonical):
+    rng = np.random.default_rng(0)
+    stored = (rng.random(stored_shape) * 200).astype(dtype)
+    if dtype == np.float32:
+        stored.flat[::97] = np.nan
+    img = read_image(_tiff_bytes(stored, metadata={"axes": axes}))
+    assert img.axes == axes and img.shape == canonical and img.dtype == np.dtype(dtype)
+    # every stored value is in the canonical array, at the place its axes say
+    order = [i for i, a in enumerate(axes) if a not in "CYX"]
+    order += [axes.index("Y"), axes.index("X")] + [i for i, a in enumerate(axes) if a == "C"]
+    expected = stored.transpose(order).reshape(canonical)
+    np.testing.assert_array_equal(img.data, expected)
+    rgb = to_rgb8(img, plane="max")
+    assert rgb.shape == (40, 56, 3) and rgb.dtype == np.uint8 and rgb.max() == 255
+
+
+def test_png_decompression_bomb_refused_before_decoding():
+    import struct
+    import zlib
+
+    png = bytearray(_pil_bytes(np.zeros((8, 8), np.uint8), "PNG"))
+    # Rewrite the IHDR to claim 30000 x 30000 pixels (900 Mpx), with a valid CRC.
+    png[16:24] = struct.pack(">II", 30_000, 30_000)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    with pytest.raises(ImageTooLargeError, match="900,?000,?000 pixels"):
+        read_image(bytes(png))
