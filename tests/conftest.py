@@ -38,3 +38,11 @@ def make_disks(shape=(96, 128), disks=((30, 40, 12), (60, 90, 18)), dtype=np.uin
 def disks_image():
     """A uint8 grayscale image with two bright disks and its label image."""
     return make_disks()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_sam, tmp_path_factory):
+    """Path of ``tiny_sam`` saved in the samlib checkpoint format (loads with weights_only)."""
+    from samlib.models import save_checkpoint
+
+    return save_checkpoint(tiny_sam, tmp_path_factory.mktemp("ckpt") / "tiny.pt", VIT_TINY)

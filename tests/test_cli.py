@@ -1,0 +1,231 @@
+"""``python -m samlib`` end to end on a tiny checkpoint and synthetic images."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from samlib import models
+from samlib.cli import main
+from samlib.embeddings import compute_embedding
+from samlib.io import read_image, to_rgb8
+from samlib.masks import rle_decode
+from samlib.prompts import predict
+from tests.conftest import make_disks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def scene(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMLIB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("SAMLIB_MODEL", raising=False)
+    img, labels = make_disks((96, 128), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "img.tif", img)
+    tifffile.imwrite(tmp_path / "gt.tif", labels)
+    return tmp_path
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_json(scene, capsys):
+    code, out, _ = _run(capsys, "check", "--json")
+    report = json.loads(out)
+    assert code == 0
+    assert report["device"] == str(models.pick_device())
+    assert report["cache_dir"] == str(scene / "cache")
+    assert {row["model"] for row in report["checkpoints"]} >= {"vit_b", "vit_l", "vit_h"}
+    assert not any(row["cached"] for row in report["checkpoints"] if row["model"] == "vit_b")
+
+
+def test_prompt_writes_the_predicted_masks(scene, capsys, tiny_sam, tiny_checkpoint):
+    out_dir = scene / "out"
+    code, out, err = _run(
+        capsys,
+        "prompt",
+        scene / "img.tif",
+        "--point",
+        "40,30",
+        "--point",
+        "90,60,0",
+        "--box",
+        "20,15,62,48",
+        "--box",
+        "70,40,110,80",
+        "--model",
+        tiny_checkpoint,
+        "--out",
+        out_dir,
+    )
+    assert code == 0, err
+    summary = json.loads(out)
+    assert len(summary["masks"]) == 2
+    assert {p.name for p in out_dir.iterdir()} == {
+        "labels.tif",
+        "masks.csv",
+        "masks.json",
+        "params.json",
+    }
+    rgb = to_rgb8(read_image(scene / "img.tif"))
+    expected = predict(
+        tiny_sam,
+        compute_embedding(tiny_sam, rgb),
+        points=[[40, 30], [90, 60]],
+        labels=[1, 0],
+        boxes=[[20, 15, 62, 48], [70, 40, 110, 80]],
+    ).best_masks
+    coco = json.loads((out_dir / "masks.json").read_text())
+    got = [rle_decode(a["segmentation"]).astype(bool) for a in coco["annotations"]]
+    assert len(got) == 2 and all(np.array_equal(g, e) for g, e in zip(got, expected, strict=True))
+    params = json.loads((out_dir / "params.json").read_text())
+    assert params["model"]["sha256"] == models.file_sha256(tiny_checkpoint)
+    assert params["parameters"]["boxes"][1] == [70, 40, 110, 80]
+    labels = tifffile.imread(out_dir / "labels.tif")
+    assert labels.shape == (96, 128) and set(np.unique(labels)) <= {0, 1, 2}
+
+
+def test_everything_writes_exports(scene, capsys, tiny_checkpoint):
+    out_dir = scene / "every"
+    code, out, err = _run(
+        capsys,
+        "everything",
+        scene / "img.tif",
+        "--model",
+        tiny_checkpoint,
+        "--set",
+        "points_per_side=4",
+        "--set",
+        "pred_iou_thresh=0",
+        "--set",
+        "stability_score_thresh=0",
+        "--keep-whole-image",
+        "--min-area",
+        "1",
+        "--out",
+        out_dir,
+        "--quiet",
+    )
+    assert code == 0, err
+    summary = json.loads(out)
+    coco = json.loads((out_dir / "masks.json").read_text())
+    assert summary["masks"] == len(coco["annotations"]) >= 1
+    params = json.loads((out_dir / "params.json").read_text())
+    assert params["parameters"]["generator"]["points_per_side"] == 4
+    labels = tifffile.imread(out_dir / "labels.tif")
+    assert labels.shape == (96, 128) and labels.max() <= summary["masks"]
+    assert (out_dir / "masks.csv").read_text().count("\n") == summary["masks"] + 1
+
+
+def test_everything_unknown_parameter(scene, capsys, tiny_checkpoint):
+    code, _, err = _run(
+        capsys,
+        "everything",
+        scene / "img.tif",
+        "--model",
+        tiny_checkpoint,
+        "--set",
+        "points_per_sid=4",
+        "--out",
+        scene / "x",
+    )
+    assert code == 2 and "points_per_sid" in err and err.count("\n") == 1
+
+
+def test_evaluate_prints_json(scene, capsys):
+    gt = tifffile.imread(scene / "gt.tif")
+    pred = np.roll(gt, 3, axis=1)
+    tifffile.imwrite(scene / "pred.tif", pred)
+    code, out, _ = _run(capsys, "evaluate", scene / "gt.tif", scene / "gt.tif")
+    assert code == 0 and json.loads(out)["f1"] == 1.0
+    code, out, _ = _run(capsys, "evaluate", scene / "pred.tif", scene / "gt.tif")
+    result = json.loads(out)
+    assert code == 0 and result["n_gt"] == 2 and 0 < result["mean_matched_iou"] < 1
+
+
+CKPT = ["--model", "{ckpt}", "--out", "{tmp}/o"]
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["prompt", "{img}", "--point", "500,10", *CKPT], "outside"),
+        (["prompt", "{img}", *CKPT], "at least one"),
+        (["prompt", "{img}", "--point", "5,5", "--model", "vit_b", "--out", "o"], "download vit_b"),
+        (["prompt", "{img}", "--point", "5,5", "--model", "nope", "--out", "o"], "neither"),
+        (["prompt", "{tmp}/none.tif", "--point", "5,5", *CKPT], "none.tif"),
+        (["evaluate", "{img}", "{tmp}/gt_small.tif"], "differ in size"),
+        (["download", "vit_q"], "unknown model"),
+    ],
+)
+def test_errors_are_one_line(scene, capsys, tiny_checkpoint, argv, match):
+    tifffile.imwrite(scene / "gt_small.tif", np.zeros((5, 5), np.uint16))
+    fill = dict(img=scene / "img.tif", ckpt=tiny_checkpoint, tmp=scene)
+    code, out, err = _run(capsys, *(a.format(**fill) for a in argv))
+    assert code == 2
+    assert err.startswith("samlib: error: ") and err.count("\n") == 1
+    assert match in err
+
+
+def test_bad_point_syntax_is_a_usage_error(scene, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["prompt", str(scene / "img.tif"), "--point", "1,2,7", "--out", str(scene)])
+    assert info.value.code == 2
+    assert "label must be 1" in capsys.readouterr().err
+
+
+def test_download_shows_progress(scene, capsys, monkeypatch):
+    (scene / "srv").mkdir()
+    payload = os.urandom(3000)
+    (scene / "srv" / "w.pth").write_bytes(payload)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=scene / "srv")
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        entry = models.ModelEntry(
+            "cli_test",
+            models.VIT_B,
+            f"http://127.0.0.1:{server.server_address[1]}/w.pth",
+            3000,
+            None,
+            "test",
+            "sam",
+            "cli_test.pth",
+        )
+        monkeypatch.setitem(models.REGISTRY, "cli_test", entry)
+        code, out, err = _run(capsys, "download", "cli_test")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 0
+    assert Path(out.strip()).read_bytes() == payload
+    assert "100.0%" in err and "cli_test" in err
+
+
+def test_module_entry_point_exit_status(scene, tiny_checkpoint):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "samlib", "evaluate", str(scene / "nothing.tif"), "gt.tif"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=scene,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("samlib: error:") and proc.stderr.count("\n") == 1
