@@ -28,12 +28,12 @@ models (e.g. micro-sam's `vit_b_lm`) do better on cells and nuclei.
 )
 
 NOTES = {
-    "nuclei": "Well separated, bright nuclei on a dark background: SAM's best case. Touching "
+    "dsb2018": "Well separated, bright nuclei on a dark background: SAM's best case. Touching "
     "nuclei are sometimes merged; the whole image often comes back as one mask (filter it "
     "out on the Segment everything page). Compare with the reference segmentation.",
     "cell": "A phase-contrast-like cell with faint, textured edges: a single point often gives "
     "a partial mask; add a box, or background points, and compare the three candidates.",
-    "immunohistochemistry": "Stained tissue (brightfield, RGB): many small, low-contrast, "
+    "immuno": "Stained tissue (brightfield, RGB): many small, low-contrast, "
     "crowded structures. Segment everything returns many overlapping masks; lower the box "
     "NMS threshold and use the area filter.",
     "synthetic": "Two channels (nuclei and membranes) in 16 bits: try the channel mapping and "

@@ -84,7 +84,7 @@ def test_home_loads_a_sample_and_settings_change_what_sam_sees(app_env):
     work = at.session_state[state.IMAGE]
     assert work.rgb8.dtype == np.uint8 and work.rgb8.ndim == 3
     assert at.session_state[state.MODEL] == str(app_env)  # the seam picked the test model
-    tag = next(k for k in at.session_state.filtered_state if k.startswith("w_pct_"))
+    tag = next(s.key for s in at.slider if s.key and s.key.startswith("w_pct_"))
     at.slider(key=tag).set_value((0.0, 50.0)).run()
     no_errors(at)
     brighter = at.session_state[state.IMAGE]
@@ -106,7 +106,7 @@ def test_system_check_lists_versions_and_runs_the_self_test(app_env):
     models = at.dataframe[1].value
     assert {"vit_b", "vit_l", "vit_h"} <= set(models["model"])
     assert not models.set_index("model").loc["vit_h", "cached"]
-    at.button(key="run_selftest").run()
+    at.button(key="run_selftest").click().run()
     no_errors(at)
     steps = at.session_state["selftest"]
     assert [s["ok"] for s in steps] == [True] * len(steps), steps
@@ -170,6 +170,10 @@ def record_table(at: AppTest):
     return next(df.value for df in at.dataframe if "segmentation" in df.value.columns)
 
 
+def image_captions(at: AppTest) -> list[str]:
+    return [i.caption for e in at.main if type(e).__name__ == "Image" for i in e.proto.imgs]
+
+
 def metric(at: AppTest, label: str) -> int:
     return int(next(m.value for m in at.metric if m.label == label))
 
@@ -231,3 +235,86 @@ def test_everything_area_slider_changes_the_count_and_tables(app_env):
         "mean_intensity_c0",
     } <= set(measured.columns)
     assert measured["area"].tolist() == records["area"].tolist()
+
+
+def prompt_with_typed_point(at: AppTest, x: float, y: float) -> AppTest:
+    at.switch_page("pages/prompts.py").run()
+    no_errors(at)
+    at.number_input(key="w_typed_x").set_value(x)
+    at.number_input(key="w_typed_y").set_value(y)
+    at.button(key="typed_add_point").click().run()
+    no_errors(at)
+    return at
+
+
+def test_prompts_point_gives_three_candidates_and_objects_accumulate(app_env):
+    at = prompt_with_typed_point(seeded(new_app()), 40.0, 30.0)
+    assert sum("predicted IoU" in c for c in image_captions(at)) == 3
+    prompts = next(df.value for df in at.dataframe if "prompt" in df.value.columns)
+    assert prompts[["x", "y"]].values.tolist() == [[40.0, 30.0]]
+    at.radio(key="w_pick").set_value(2)
+    at.button(key="add_object").click().run()
+    no_errors(at)
+    objects = at.session_state[state.OBJECTS][at.session_state[state.IMAGE].key]
+    assert len(objects) == 1
+    assert any(s.value.startswith("Objects: 1") for s in at.subheader)
+    assert not any("predicted IoU" in c for c in image_captions(at))  # fresh canvas
+    # a second object, then undo and clear
+    prompt_with_typed_point(at, 90.0, 60.0)
+    at.button(key="add_object").click().run()
+    assert len(objects) == 2
+    records = record_table(at)
+    assert len(records) == 2 and list(records.columns) == RECORD_COLUMNS
+    assert np.vstack(records["point_coords"].iloc[1]).tolist() == [[90.0, 60.0]]
+    at.button(key="undo_object").click().run()
+    assert len(objects) == 1
+    at.button(key="clear_objects").click().run()
+    no_errors(at)
+    assert objects == []
+
+
+def test_prompts_several_boxes_give_one_object_each(app_env):
+    at = seeded(new_app())
+    at.switch_page("pages/prompts.py").run()
+    for box in ("10, 10, 60, 50", "70, 30, 120, 90"):
+        at.text_input(key="w_typed_box").set_value(box)
+        at.button(key="typed_add_box").click().run()
+        no_errors(at)
+    at.button(key="add_objects").click().run()
+    no_errors(at)
+    objects = at.session_state[state.OBJECTS][at.session_state[state.IMAGE].key]
+    assert [o.box for o in objects] == [(10.0, 10.0, 60.0, 50.0), (70.0, 30.0, 120.0, 90.0)]
+
+
+def test_prompt_error_is_shown_and_earlier_objects_are_kept(app_env):
+    at = prompt_with_typed_point(seeded(new_app()), 40.0, 30.0)
+    at.button(key="add_object").click().run()
+    at.text_input(key="w_typed_box").set_value("1, 2, 3")
+    at.button(key="typed_add_box").click().run()
+    assert any("four numbers" in e.value for e in at.error)
+    assert len(at.session_state[state.OBJECTS][at.session_state[state.IMAGE].key]) == 1
+
+
+def test_home_multichannel_zstack_sample_offers_channels_and_planes(app_env):
+    at = with_sample(new_app(), "Synthetic 2-channel z-stack (16-bit)")
+    work = at.session_state[state.IMAGE]
+    assert work.image.n_channels == 2 and work.image.n_planes == 3
+    channel_boxes = [s for s in at.selectbox if s.key and s.key.startswith("w_chR_")]
+    assert len(channel_boxes) == 1
+    green = next(s for s in at.selectbox if s.key and s.key.startswith("w_chG_"))
+    green.set_value(None).run()  # membranes off: only the nuclei channel remains
+    no_errors(at)
+    assert at.session_state[state.IMAGE].rgb8[..., 1].max() == 0
+    plane = next(s for s in at.select_slider if s.key and s.key.startswith("w_plane_"))
+    plane.set_value("max").run()
+    no_errors(at)
+    assert at.session_state[state.IMAGE].settings.plane == "max"
+
+
+@pytest.mark.parametrize(
+    "sample", ["DSB2018 nuclei", "Cell (scikit-image)", "Immunohistochemistry (scikit-image)"]
+)
+def test_home_shows_every_sample_with_its_attribution(app_env, sample):
+    at = with_sample(new_app(), sample)
+    assert at.session_state[state.IMAGE].name
+    assert any("Source:" in m.value for m in at.markdown)

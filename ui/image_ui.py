@@ -30,7 +30,8 @@ class Source:
 def _sample(name: str) -> Source:
     # Samples are read-only and identical for everyone: safe to share between sessions.
     image, gt, description = samples.load_sample(name)
-    return Source(image, gt, description)
+    attribution = samples.sample_info(name).attribution
+    return Source(image, gt, f"{description}\n\n*Source: {attribution}*")
 
 
 def _read_upload(upload) -> Source | None:

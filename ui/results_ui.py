@@ -139,8 +139,16 @@ def evaluation_ui(work: WorkImage, records: Sequence[Mapping[str, Any]]) -> None
     from samlib.masks import labels_from_records
 
     pred = labels_from_records(records, shape=work.rgb8.shape[:2])
-    scores = evaluate.evaluate(pred, work.ground_truth)
-    cols = st.columns(4)
-    for col, name in zip(cols, ["precision", "recall", "f1", "ap"], strict=True):
-        col.metric(name, f"{scores[name]:.2f}")
-    st.caption("At IoU 0.5; AP is the DSB2018 metric averaged over IoU 0.5..0.95.")
+    result = evaluate.evaluate(pred, work.ground_truth)
+    summary = result.summary()
+    cols = st.columns(5)
+    for col, name in zip(
+        cols, ["precision", "recall", "f1", "ap", "mean_matched_iou"], strict=True
+    ):
+        col.metric(name.replace("_", " "), f"{summary[name]:.2f}")
+    st.caption(
+        f"{summary['n_pred']} masks against {summary['n_gt']} reference objects. Precision, "
+        "recall and F1 at IoU 0.5; AP is the DSB2018 score, TP / (TP + FP + FN) averaged "
+        "over IoU 0.5 to 0.95."
+    )
+    st.dataframe(result.per_threshold, hide_index=True, key="eval_table")
