@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 
 from samlib.errors import ParameterError
@@ -62,17 +63,28 @@ def label_iou(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray,
 def mask_iou(gt: Sequence[np.ndarray], pred: Sequence[np.ndarray]) -> np.ndarray:
     """IoU between two lists of (possibly overlapping) bool masks, ``(n_gt, n_pred)``.
 
-    Intersections come from one matrix product of the flattened masks.
+    Intersections come from one sparse matrix product of the masks' pixel sets, so the
+    cost follows the number of mask pixels, not (pairs x image size).
     """
     if not len(gt) or not len(pred):
         return np.zeros((len(gt), len(pred)))
-    g = np.stack([m.ravel() for m in gt]).astype(np.float32)
-    p = np.stack([m.ravel() for m in pred]).astype(np.float32)
-    if g.shape[1] != p.shape[1]:
+    if gt[0].shape != pred[0].shape:
         raise ParameterError(f"masks differ in size: {gt[0].shape} vs {pred[0].shape}")
-    inter = (g @ p.T).astype(np.float64)
-    union = g.sum(1)[:, None] + p.sum(1)[None, :] - inter
+    g, p = _pixel_sets(gt), _pixel_sets(pred)
+    inter = (g @ p.T).toarray().astype(np.float64)
+    area_g = np.asarray(g.sum(axis=1)).reshape(-1, 1)
+    area_p = np.asarray(p.sum(axis=1)).reshape(1, -1)
+    union = area_g + area_p - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _pixel_sets(masks: Sequence[np.ndarray]) -> sparse.csr_matrix:
+    """(N, H*W) sparse 0/1 matrix: row i holds the pixels of mask i."""
+    flat = [np.flatnonzero(np.asarray(m).ravel()) for m in masks]
+    rows = np.repeat(np.arange(len(flat)), [f.size for f in flat])
+    cols = np.concatenate(flat)
+    data = np.ones(cols.size, dtype=np.float64)
+    return sparse.csr_matrix((data, (rows, cols)), shape=(len(flat), masks[0].size))
 
 
 def _iou_of(gt: Instances, pred: Instances) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

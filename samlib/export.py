@@ -98,12 +98,14 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def mask_pngs_zip_bytes(records: Sequence[Record] | Sequence[np.ndarray]) -> bytes:
-    """Zip one 8-bit PNG per mask (0 = background, 255 = mask), ``mask_0001.png`` onwards."""
+    """Zip one full-size 1-bit PNG per mask (``mask_0001.png`` onwards, numbered like the
+    label image); Fiji opens them as binary 0/255 images, Pillow as bool arrays."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+    # PNGs are already compressed: store them (deflating again costs time, saves nothing).
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         for i, mask in enumerate(masks_of(records), start=1):
             png = io.BytesIO()
-            Image.fromarray(mask.astype(np.uint8) * 255).save(png, format="PNG")
+            Image.fromarray(mask).save(png, format="PNG")  # bool -> 1-bit PNG
             zf.writestr(f"mask_{i:04d}.png", png.getvalue())
     return buf.getvalue()
 

@@ -67,6 +67,20 @@ def record_mask(record: Record) -> np.ndarray:
     return seg.astype(bool, copy=False)
 
 
+def bbox_slices(mask: np.ndarray, pad: int = 0) -> tuple[slice, slice] | None:
+    """Return ``(rows, cols)`` slices of a mask's bounding box grown by ``pad`` pixels
+    (clipped to the image), or None for an empty mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    h, w = mask.shape
+    return (
+        slice(max(0, rows[0] - pad), min(h, rows[-1] + 1 + pad)),
+        slice(max(0, cols[0] - pad), min(w, cols[-1] + 1 + pad)),
+    )
+
+
 def record_shape(record: Record) -> tuple[int, int]:
     """Return ``(H, W)`` of a record's segmentation without decoding RLE."""
     seg = record["segmentation"]

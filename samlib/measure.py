@@ -19,7 +19,7 @@ from samlib import coords
 from samlib.errors import ParameterError
 from samlib.filters import px_to_um2
 from samlib.image import MicroscopyImage, as_image
-from samlib.masks import masks_from_labels, masks_of
+from samlib.masks import bbox_slices, masks_from_labels, masks_of
 
 SHAPE_PROPERTIES = ("area", "perimeter", "centroid", "bbox", "eccentricity", "solidity")
 RECORD_SCORES = ("predicted_iou", "stability_score")
@@ -41,43 +41,33 @@ def _intensity_data(
     return data
 
 
-def _shape_row(mask: np.ndarray) -> dict[str, float]:
-    """regionprops of one mask, measured on its bounding-box crop (offsets added back)."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    table = regionprops_table(mask[r0:r1, c0:c1].astype(np.uint8), properties=SHAPE_PROPERTIES)
+def _shape_row(crop: np.ndarray, r0: int, c0: int) -> dict[str, float]:
+    """regionprops of one mask's bounding-box crop, with the crop offset added back."""
+    table = regionprops_table(crop.astype(np.uint8), properties=SHAPE_PROPERTIES)
     row = {k: float(v[0]) for k, v in table.items()}
-    for key, off in (("centroid-0", r0), ("centroid-1", c0), ("bbox-0", r0), ("bbox-2", r0)):
-        row[key] += off
-    row["bbox-1"] += c0
-    row["bbox-3"] += c0
+    for key in ("centroid-0", "bbox-0", "bbox-2"):
+        row[key] += r0
+    for key in ("centroid-1", "bbox-1", "bbox-3"):
+        row[key] += c0
     return row
 
 
-def _intensity_columns(masks: Sequence[np.ndarray], data: np.ndarray) -> dict[str, np.ndarray]:
-    n, n_ch = len(masks), data.shape[2]
-    out = {
-        f"{stat}_intensity_c{c}": np.full(n, np.nan)
-        for c in range(n_ch)
-        for stat in ("mean", "min", "max")
-    }
-    floating = data.dtype.kind == "f"
-    with warnings.catch_warnings():
-        # An all-NaN mask has no intensity: NaN in the table, not a warning.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for i, m in enumerate(masks):
-            values = data[m].astype(np.float64)  # (n_pixels, C)
-            if values.size == 0:
-                continue
-            mean, lo, hi = (
-                (np.nanmean, np.nanmin, np.nanmax) if floating else (np.mean, np.min, np.max)
-            )
-            for c in range(n_ch):
-                out[f"mean_intensity_c{c}"][i] = mean(values[:, c])
-                out[f"min_intensity_c{c}"][i] = lo(values[:, c])
-                out[f"max_intensity_c{c}"][i] = hi(values[:, c])
-    return out
+def _intensity_row(crop: np.ndarray, data: np.ndarray) -> dict[str, float]:
+    """mean/min/max of each channel of ``data`` (crop, Y, X, C) inside ``crop`` (NaN-aware)."""
+    values = data[crop].astype(np.float64)  # (n_pixels, C)
+    if data.dtype.kind == "f":
+        with warnings.catch_warnings():
+            # An all-NaN mask has no intensity: NaN in the table, not a warning.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            stats = np.nanmean(values, 0), np.nanmin(values, 0), np.nanmax(values, 0)
+    else:
+        stats = values.mean(0), values.min(0), values.max(0)
+    row = {}
+    for c in range(data.shape[2]):
+        row[f"mean_intensity_c{c}"] = stats[0][c]
+        row[f"min_intensity_c{c}"] = stats[1][c]
+        row[f"max_intensity_c{c}"] = stats[2][c]
+    return row
 
 
 def measure_masks(
@@ -118,6 +108,7 @@ def measure_masks(
     ids = np.arange(1, n + 1) if ids is None else np.asarray(ids)
     if len(ids) != n:
         raise ParameterError(f"{len(ids)} ids for {n} masks")
+    data = _intensity_data(image, plane, masks[0].shape) if n else None
     empty_row = {
         k: np.nan
         for k in (
@@ -133,7 +124,17 @@ def measure_masks(
             "solidity",
         )
     }
-    rows = [_shape_row(m) if m.any() else {**empty_row, "area": 0.0} for m in masks]
+    rows, intensity_rows = [], []
+    for m in masks:
+        sl = bbox_slices(m)
+        if sl is None:
+            rows.append({**empty_row, "area": 0.0})
+            intensity_rows.append({})
+            continue
+        crop = m[sl]
+        rows.append(_shape_row(crop, sl[0].start, sl[1].start))
+        if data is not None:
+            intensity_rows.append(_intensity_row(crop, data[sl]))
     t = pd.DataFrame(rows, columns=list(empty_row))
     x, y = coords.centroid_rowcol_to_xy(t["centroid-0"], t["centroid-1"])
     bx, by, bw, bh = coords.rowcol_bbox_to_xywh(t["bbox-0"], t["bbox-1"], t["bbox-2"], t["bbox-3"])
@@ -155,11 +156,15 @@ def measure_masks(
     if pixel_size_um is not None:
         table["area_um2"] = px_to_um2(table["area"].to_numpy(float), pixel_size_um)
         table["perimeter_um"] = table["perimeter"] * float(pixel_size_um)
-    if n:
-        data = _intensity_data(image, plane, masks[0].shape)
-        if data is not None:
-            for k, v in _intensity_columns(masks, data).items():
-                table[k] = v
+    if data is not None:
+        columns = [
+            f"{stat}_intensity_c{c}"
+            for c in range(data.shape[2])
+            for stat in ("mean", "min", "max")
+        ]
+        intensities = pd.DataFrame(intensity_rows, columns=columns, dtype=float)
+        for k in columns:
+            table[k] = intensities[k].to_numpy()
     for name, values in (scores or {}).items():
         if len(values) != n:
             raise ParameterError(f"column {name!r} has {len(values)} values for {n} masks")

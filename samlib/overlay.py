@@ -19,7 +19,7 @@ from skimage.segmentation import find_boundaries
 
 from samlib import coords
 from samlib.errors import ParameterError
-from samlib.masks import labels_from_masks, masks_of
+from samlib.masks import bbox_slices, labels_from_masks, masks_of
 
 FOREGROUND = (0, 220, 0)
 BACKGROUND = (230, 30, 30)
@@ -101,14 +101,10 @@ def draw_outlines(
     out = rgb8.copy()
     colors = palette(len(ms), seed)
     for i, m in enumerate(ms):
-        x, y, bw, bh = _bbox_xywh(m)
-        if bw == 0:
-            continue
         # Work on the mask's box (1 px margin) only: cost follows object size, not image size.
-        sl = (
-            slice(max(0, int(y) - 1), int(y + bh) + 1),
-            slice(max(0, int(x) - 1), int(x + bw) + 1),
-        )
+        sl = bbox_slices(m, pad=1)
+        if sl is None:
+            continue
         sub = m[sl]
         edge = find_boundaries(sub, mode="inner")
         if thickness > 1:

@@ -12,7 +12,7 @@ from roifile import ImagejRoi
 from skimage.measure import find_contours
 
 from samlib import coords
-from samlib.masks import masks_of
+from samlib.masks import bbox_slices, masks_of
 
 
 def mask_contour_xy(mask: np.ndarray) -> np.ndarray:
@@ -23,16 +23,19 @@ def mask_contour_xy(mask: np.ndarray) -> np.ndarray:
     disconnected parts are left out. An empty mask gives shape ``(0, 2)``.
     """
     mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
+    sl = bbox_slices(mask)
+    if sl is None:
         return np.zeros((0, 2))
-    # Pad so that masks touching the border still give closed contours.
-    contours = find_contours(np.pad(mask, 1).astype(np.float32), 0.5)
+    # Trace the bounding-box crop only (cost follows object size), padded so that masks
+    # touching the border still give closed contours.
+    contours = find_contours(np.pad(mask[sl], 1).astype(np.float32), 0.5)
 
     def enclosed_area(c: np.ndarray) -> float:
         r, k = c[:, 0], c[:, 1]
         return 0.5 * abs(float(np.dot(r, np.roll(k, 1)) - np.dot(k, np.roll(r, 1))))
 
-    best = max(contours, key=enclosed_area)[:-1] - 1.0  # drop the closing duplicate, unpad
+    best = max(contours, key=enclosed_area)[:-1]  # drop the closing duplicate
+    best = best - 1.0 + np.array([sl[0].start, sl[1].start])  # undo padding and crop
     return coords.contour_rowcol_to_xy(best)
 
 
