@@ -19,7 +19,17 @@ from samlib.image import guess_axes
 
 #: tifffile's letters for axes it could not name; we guess these from the shape.
 _UNKNOWN_AXES = frozenset("QI")
-_MICRON_UNITS = {"micron", "microns", "um", "\u00b5m", "\u03bcm", "micrometer", "micrometre"}
+_MICRON_UNITS = {
+    "micron",
+    "microns",
+    "um",
+    "\u00b5m",
+    "\u03bcm",
+    "\\u00B5m",  # ImageJ sometimes stores the escape sequence itself
+    "\\u00b5m",
+    "micrometer",
+    "micrometre",
+}
 _OME_SIZE = re.compile(r'PhysicalSizeX="([0-9.eE+-]+)"')
 _OME_UNIT = re.compile(r'PhysicalSizeXUnit="([^"]+)"')
 

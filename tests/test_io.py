@@ -289,3 +289,16 @@ def test_png_decompression_bomb_refused_before_decoding():
     png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
     with pytest.raises(ImageTooLargeError, match="900,?000,?000 pixels"):
         read_image(bytes(png))
+
+
+def test_pixel_size_from_ome_and_centimetre_resolution():
+    data = np.zeros((2, 16, 20), np.uint16)
+    ome = _tiff_bytes(
+        data, ome=True, metadata={"axes": "CYX", "PhysicalSizeX": 0.2, "PhysicalSizeXUnit": "µm"}
+    )
+    img = read_image(ome)
+    assert img.pixel_size_um == pytest.approx(0.2) and img.n_channels == 2
+    cm = _tiff_bytes(data[0], resolution=(20_000, 20_000), resolutionunit="CENTIMETER")
+    assert read_image(cm).pixel_size_um == pytest.approx(0.5)  # 20,000 px/cm = 0.5 µm/px
+    inch = _tiff_bytes(data[0], resolution=(72, 72), resolutionunit="INCH")
+    assert read_image(inch).pixel_size_um is None  # screen dpi, not a microscope calibration
