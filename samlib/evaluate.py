@@ -178,8 +178,9 @@ class Evaluation:
         return self.summary()[key]
 
     def to_dict(self) -> dict[str, Any]:
-        """Summary plus the per-threshold rows (for the CLI's JSON output)."""
-        return {**self.summary(), "per_threshold": self.per_threshold.to_dict(orient="records")}
+        """Summary plus the per-threshold rows, strict-JSON ready (NaN becomes None)."""
+        out = {**self.summary(), "per_threshold": self.per_threshold.to_dict(orient="records")}
+        return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in out.items()}
 
 
 def evaluate(

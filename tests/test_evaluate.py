@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tifffile
@@ -111,5 +113,6 @@ def test_dsb_mask_against_itself_and_eroded():
     shifted = np.roll(gt, 2, axis=0)
     e2 = evaluate(shifted, gt)
     assert 0 < e2.average_precision < 1 and 0.5 < e2.mean_matched_iou < 1
-    d = e2.to_dict()
+    d = json.loads(json.dumps(e2.to_dict(), allow_nan=False))
     assert len(d["per_threshold"]) == 10 and d["n_pred"] == 125
+    assert evaluate(np.zeros_like(gt), gt).to_dict()["mean_matched_iou"] is None
