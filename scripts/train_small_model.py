@@ -29,10 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--steps-per-epoch", type=int, default=50)
     ap.add_argument("--batch-images", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--n-prompts", type=int, default=12)
     ap.add_argument("--max-minutes", type=float, default=None)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="samlib/weights/small_cnn.pt")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         steps_per_epoch=args.steps_per_epoch,
         batch_images=args.batch_images,
         lr=args.lr,
-        warmup_steps=100,
+        warmup_steps=50,
         n_prompts=args.n_prompts,
         n_corrections=1,
         n_background=2,

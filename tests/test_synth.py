@@ -1,0 +1,122 @@
+"""Synthetic microscopy images: reproducible from a seed, labels consistent with the pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from samlib.errors import ParameterError
+from samlib.synth import KINDS, SynthDataset, synth_image
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_same_seed_same_image(kind):
+    a_img, a_lab = synth_image(7, (64, 80), kind=kind)
+    b_img, b_lab = synth_image(7, (64, 80), kind=kind)
+    np.testing.assert_array_equal(a_img, b_img)
+    np.testing.assert_array_equal(a_lab, b_lab)
+    c_img, _ = synth_image(8, (64, 80), kind=kind)
+    assert not np.array_equal(a_img, c_img)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("kind", KINDS)
+def test_labels_are_connected_and_consecutive(kind, seed):
+    img, lab = synth_image(seed, (96, 96), kind=kind)
+    assert lab.shape == img.shape[:2] == (96, 96)
+    assert lab.dtype == np.int32
+    ids = np.unique(lab)
+    np.testing.assert_array_equal(ids, np.arange(len(ids)))  # 0..N, no gaps
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        assert ndi.label(lab[sl] == i)[1] == 1, f"label {i} is split"
+
+
+@pytest.mark.parametrize(
+    ("kind", "dtypes", "ndims"),
+    [
+        ("fluorescence", {np.uint16}, {2}),
+        ("brightfield", {np.uint8}, {2, 3}),
+        ("multichannel", {np.uint16}, {3}),
+    ],
+)
+def test_kinds_have_their_dtype_and_layout(kind, dtypes, ndims):
+    for seed in range(4):
+        img, _ = synth_image(seed, (48, 48), kind=kind)
+        assert img.dtype.type in dtypes
+        assert img.ndim in ndims
+        if img.ndim == 3:
+            assert img.shape[2] in (2, 3)
+
+
+def _contrast(img: np.ndarray, lab: np.ndarray) -> np.ndarray:
+    """Per channel: mean inside objects minus mean outside, in units of the image's std."""
+    x = img.astype(np.float64).reshape(*lab.shape, -1)
+    inside, outside = x[lab > 0].mean(0), x[lab == 0].mean(0)
+    return (inside - outside) / (x.std((0, 1)) + 1e-9)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fluorescence_objects_are_brighter(seed):
+    img, lab = synth_image(seed, (128, 128), kind="fluorescence", n_objects=20, radius=(6, 9))
+    assert lab.max() > 5
+    assert _contrast(img, lab)[0] > 0.5
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_brightfield_objects_are_darker(seed):
+    img, lab = synth_image(seed, (128, 128), kind="brightfield", n_objects=20, radius=(6, 9))
+    assert lab.max() > 5
+    assert _contrast(img, lab).max() < -0.3
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_multichannel_labels_are_cells_around_nuclei(seed):
+    img, lab = synth_image(seed, (128, 128), kind="multichannel", n_objects=12, radius=(5, 7))
+    assert lab.max() > 3
+    c = _contrast(img, lab)
+    assert c.max() > 0.5  # the cytoplasm channel marks the labelled cells
+    # cells are grown well beyond their nuclei (radius >= 5 px, area >= 79 px)
+    assert np.bincount(lab.ravel())[1:].mean() > 1.5 * np.pi * 5**2
+
+
+def test_objects_touch_sometimes():
+    touching = 0
+    for seed in range(10):
+        _, lab = synth_image(seed, (128, 128), kind="fluorescence", n_objects=60, radius=(6, 9))
+        grown = ndi.grey_dilation(lab, size=3)
+        touching += int(((grown != lab) & (lab > 0) & (grown > 0)).sum())
+    assert touching > 0
+
+
+def test_radius_controls_object_size():
+    _, small = synth_image(1, (128, 128), kind="fluorescence", n_objects=15, radius=(3, 4))
+    _, big = synth_image(1, (128, 128), kind="fluorescence", n_objects=15, radius=(10, 12))
+    area = lambda lab: np.bincount(lab.ravel())[1:].mean()  # noqa: E731
+    assert area(big) > 4 * area(small)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"kind": "confocal"}, {"radius": (5, 2)}, {"radius": (0, 3)}],
+)
+def test_bad_parameters_are_refused(kwargs):
+    with pytest.raises(ParameterError):
+        synth_image(0, (64, 64), **kwargs)
+
+
+def test_bad_shape_is_refused():
+    with pytest.raises(ParameterError, match="shape"):
+        synth_image(0, (8, 64))
+
+
+def test_dataset_items_follow_seeds():
+    ds = SynthDataset(3, seed=100, shape=(48, 48), kind="fluorescence")
+    assert len(ds) == 3
+    img, lab = ds[2]
+    ref_img, ref_lab = synth_image(102, (48, 48), kind="fluorescence")
+    np.testing.assert_array_equal(img, ref_img)
+    np.testing.assert_array_equal(lab, ref_lab)
+    with pytest.raises(IndexError):
+        ds[3]
+    assert ds.describe()["seed"] == 100

@@ -1,0 +1,305 @@
+"""Training mechanics on tiny models, the small CNN encoder, and model evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamPredictor
+
+from samlib.arch import ENCODERS, SamConfig, build_sam
+from samlib.benchmark_model import iou_matrix, matching_scores, object_prompts
+from samlib.errors import ParameterError
+from samlib.small_encoder import SMALL_CNN
+from samlib.synth import synth_image
+from samlib.train import TrainParams, train
+from samlib.train_prompts import (
+    correction_points,
+    dice_loss,
+    focal_loss,
+    jitter_boxes,
+    prepare_sample,
+    sample_points,
+)
+from tests.conftest import make_disks
+
+# A CNN-encoder SAM small enough to train for a few steps in a second or two.
+TINY_CNN = SamConfig(
+    encoder="cnn",
+    img_size=64,
+    patch_size=4,
+    embed_dim=16,
+    depth=1,
+    num_heads=1,
+    global_attn_indexes=(),
+    window_size=0,
+    prompt_embed_dim=16,
+    mask_in_chans=4,
+    decoder_mlp_dim=32,
+    decoder_num_heads=2,
+    iou_head_hidden_dim=16,
+    encoder_options={"widths": [8, 16, 16], "depth": 1},
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Training loops run many small ops: one thread is much faster on a busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def tiny_cnn():
+    torch.manual_seed(0)
+    return build_sam(TINY_CNN)
+
+
+def _pairs(n, seed=0, shape=(64, 64)):
+    return [
+        synth_image(seed + i, shape, kind="fluorescence", n_objects=6, radius=(6, 9))
+        for i in range(n)
+    ]
+
+
+def test_cnn_encoder_is_registered_and_gives_sam_embeddings():
+    assert "cnn" in ENCODERS
+    model = build_sam(SMALL_CNN)
+    assert model.image_encoder.img_size == 256
+    with torch.no_grad():
+        out = model.image_encoder(torch.zeros(2, 3, 256, 256))
+    assert out.shape == (2, 32, 64, 64)
+    assert model.prompt_encoder.image_embedding_size == (64, 64)
+
+
+def test_cnn_config_round_trips_through_dict():
+    assert SamConfig.from_dict(SMALL_CNN.to_dict()) == SMALL_CNN
+
+
+def test_prepare_sample_resizes_and_pads(tiny_cnn):
+    # 32 x 64 image -> 32 x 64 input (already 64 on the long side), padded to 64 x 64.
+    img, lab = make_disks(shape=(32, 64), disks=((15, 20, 8), (16, 45, 6)))
+    s = prepare_sample(tiny_cnn, img, lab)
+    assert s.x.shape == (3, 64, 64)
+    assert s.labels.shape == (64, 64)
+    assert (s.labels[32:] == 0).all()
+    np.testing.assert_array_equal(s.labels[:32], lab)
+    np.testing.assert_array_equal(s.ids, [1, 2])
+    rows, cols = np.nonzero(lab == 1)
+    np.testing.assert_array_equal(s.boxes[0], [cols.min(), rows.min(), cols.max(), rows.max()])
+    np.testing.assert_array_equal(s.interior[0], [20, 15])  # its centre, XY
+    assert s.low.shape == (64, 64)
+
+
+def test_prepare_sample_downscales_labels_with_the_image(tiny_cnn):
+    img, lab = make_disks(shape=(128, 128), disks=((40, 40, 16),))
+    s = prepare_sample(tiny_cnn, img, lab)
+    assert abs((s.labels == 1).sum() - (lab == 1).sum() / 4) < 20
+
+
+def test_prepare_sample_refuses_mismatched_labels(tiny_cnn):
+    img, lab = make_disks(shape=(32, 64))
+    with pytest.raises(ParameterError, match="labels"):
+        prepare_sample(tiny_cnn, img, lab[:, :10])
+    with pytest.raises(ParameterError, match="integer"):
+        prepare_sample(tiny_cnn, img, lab.astype(float))
+
+
+def test_sampled_points_fall_inside_their_objects(tiny_cnn):
+    img, lab = make_disks(shape=(64, 64), disks=((15, 20, 8), (40, 45, 6)))
+    s = prepare_sample(tiny_cnn, img, lab)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        pts = sample_points(s, np.array([1, 0]), rng)
+        x, y = pts[:, 0].astype(int).T
+        np.testing.assert_array_equal(s.labels[y, x], [2, 1])
+
+
+def test_jittered_boxes_stay_close_and_inside():
+    boxes = np.array([[10, 10, 30, 20]] * 200, dtype=np.float32)
+    out = jitter_boxes(boxes, np.random.default_rng(0), size=64)
+    assert (out >= 0).all() and (out <= 63).all()
+    assert np.abs(out - boxes).max() <= 4.0 + 1e-6  # 20% of the side (20 px) caps at 4
+    assert np.abs(out - boxes).mean() > 0.1
+
+
+def test_correction_click_lands_in_the_error_region():
+    target = torch.zeros(2, 8, 8, dtype=torch.bool)
+    target[:, 2:6, 2:6] = True
+    pred = target.clone()
+    pred[0, 2, 2] = False  # one missed pixel -> positive click there
+    pred[1, 7, 7] = True  # one false pixel -> negative click there
+    pts, lab = correction_points(pred, target, np.random.default_rng(0), scale=4.0)
+    np.testing.assert_allclose(pts[:, 0], [[9.5, 9.5], [29.5, 29.5]])
+    np.testing.assert_array_equal(lab[:, 0], [1, 0])
+
+
+def test_losses_are_small_for_right_and_large_for_wrong_logits():
+    target = torch.zeros(1, 16, 16)
+    target[0, 4:12, 4:12] = 1
+    right = (target * 2 - 1) * 20
+    assert focal_loss(right, target).item() < 1e-6
+    assert dice_loss(right, target).item() < 1e-3
+    assert focal_loss(-right, target).item() > 1.0
+    assert dice_loss(-right, target).item() > 0.99
+
+
+def test_short_training_learns_and_writes_a_loadable_checkpoint(tiny_cnn, tmp_path):
+    from samlib.models import load_model
+
+    torch.manual_seed(0)
+    params = TrainParams(epochs=5, steps_per_epoch=6, lr=3e-3, warmup_steps=2, n_prompts=6)
+    out = tmp_path / "tiny.pt"
+    res = train(
+        tiny_cnn,
+        _pairs(3),
+        _pairs(1, seed=50),
+        out,
+        params,
+        config=TINY_CNN,
+        base_model="tiny",
+        data={"kind": "test"},
+        progress=None,
+    )
+    assert res.history[-1]["loss"] < 0.7 * res.history[0]["loss"]
+    assert res.checkpoint == out and out.is_file()
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["base_model"] == "tiny"
+    assert side["params"]["epochs"] == 5
+    assert side["metrics"]["best_val_iou"] == pytest.approx(res.best_val_iou)
+    loaded = load_model(out, device="cpu")
+    assert loaded.samlib_info.config == TINY_CNN
+    for k, v in loaded.state_dict().items():
+        torch.testing.assert_close(v, tiny_cnn.state_dict()[k])
+
+
+def _improving_validation(monkeypatch):
+    """Make every epoch 'improve' so that train() keeps the last weights."""
+    calls = iter(range(1000))
+
+    def fake(*_args, **_kwargs):
+        v = next(calls) / 1000
+        return {"point_iou": v, "box_iou": v, "val_iou": v}
+
+    monkeypatch.setattr("samlib.train.validate", fake)
+
+
+def test_frozen_encoder_is_untouched(tiny_cnn, tmp_path, monkeypatch):
+    _improving_validation(monkeypatch)
+    enc = {k: v.clone() for k, v in tiny_cnn.image_encoder.state_dict().items()}
+    dec = {k: v.clone() for k, v in tiny_cnn.mask_decoder.state_dict().items()}
+    params = TrainParams(epochs=2, steps_per_epoch=2, lr=1e-3, n_prompts=2)
+    res = train(
+        tiny_cnn, _pairs(2), _pairs(1, 9), tmp_path / "a.pt", params, config=TINY_CNN, progress=None
+    )
+    assert res.best_epoch == 2
+    for k, v in tiny_cnn.image_encoder.state_dict().items():
+        torch.testing.assert_close(v, enc[k])
+    assert any(not torch.equal(v, dec[k]) for k, v in tiny_cnn.mask_decoder.state_dict().items())
+
+
+def test_unfrozen_encoder_learns(tiny_cnn, tmp_path, monkeypatch):
+    _improving_validation(monkeypatch)
+    w0 = tiny_cnn.image_encoder.stem[0][0].weight.detach().clone()
+    params = TrainParams(epochs=1, steps_per_epoch=2, lr=1e-3, n_prompts=2, freeze_encoder=False)
+    train(
+        tiny_cnn, _pairs(2), _pairs(1, 9), tmp_path / "b.pt", params, config=TINY_CNN, progress=None
+    )
+    assert not torch.equal(tiny_cnn.image_encoder.stem[0][0].weight, w0)
+
+
+def test_training_refuses_bad_input(tiny_cnn, tmp_path):
+    with pytest.raises(ParameterError, match="validation"):
+        train(tiny_cnn, _pairs(1), [], tmp_path / "x.pt", config=TINY_CNN, progress=None)
+    with pytest.raises(ParameterError, match="epochs"):
+        train(
+            tiny_cnn,
+            _pairs(1),
+            _pairs(1),
+            tmp_path / "x.pt",
+            TrainParams(epochs=0),
+            config=TINY_CNN,
+            progress=None,
+        )
+
+
+# -- evaluation ------------------------------------------------------------------------
+def test_object_prompts_find_centres_and_tight_boxes():
+    _, lab = make_disks(shape=(64, 96), disks=((20, 30, 10), (40, 70, 6)))
+    ids, pts, boxes = object_prompts(lab)
+    np.testing.assert_array_equal(ids, [1, 2])
+    np.testing.assert_array_equal(pts, [[30, 20], [70, 40]])
+    for i in (1, 2):
+        rows, cols = np.nonzero(lab == i)
+        np.testing.assert_array_equal(
+            boxes[i - 1], [cols.min(), rows.min(), cols.max(), rows.max()]
+        )
+
+
+def test_iou_matrix_and_scores_on_known_overlaps():
+    _, lab = make_disks(shape=(64, 96), disks=((20, 30, 10), (40, 70, 6)))
+    exact = lab == 1
+    half = np.zeros_like(exact)
+    half[:, :30] = exact[:, :30]  # left half of disk 1 (plus nothing of disk 2)
+    junk = np.zeros_like(exact)
+    junk[0:5, 0:5] = True
+    iou = iou_matrix([exact, half, junk], lab)
+    assert iou.shape == (3, 2)
+    np.testing.assert_allclose(iou[0], [1.0, 0.0])
+    assert iou[1, 0] == pytest.approx(half.sum() / exact.sum())
+    np.testing.assert_allclose(iou[2], [0.0, 0.0])
+    perfect = matching_scores(iou_matrix([lab == 1, lab == 2], lab), 2)
+    assert perfect == {"ap50": 1.0, "ap_mean": 1.0, "f1": 1.0}
+    one_of_two_plus_junk = matching_scores(iou[[0, 2]], 2)  # TP 1, FP 1, FN 1
+    assert one_of_two_plus_junk["ap50"] == pytest.approx(1 / 3)
+    assert one_of_two_plus_junk["f1"] == pytest.approx(0.5)
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    from samlib.models import load_model
+
+    return load_model("small_cnn", device="cpu")
+
+
+def test_bundled_model_is_registered_as_a_demo_model():
+    from samlib.models import REGISTRY, checkpoint_path
+
+    entry = REGISTRY["small_cnn"]
+    assert entry.package_file and entry.url is None
+    assert "not SAM" in entry.description
+    assert checkpoint_path("small_cnn").stat().st_size < 25 * 2**20
+
+
+@pytest.mark.slow
+def test_bundled_model_segments_disks_with_sam_predictor(bundled):
+    img, lab = make_disks(shape=(200, 240), disks=((60, 70, 14), (140, 170, 18)))
+    rgb = np.repeat((img // 2 + 20)[..., None], 3, axis=2)
+    predictor = SamPredictor(bundled)
+    predictor.set_image(rgb)
+    for i, (r, c) in enumerate(((60, 70), (140, 170)), start=1):
+        masks, scores, _ = predictor.predict(np.array([[c, r]]), np.array([1]))
+        best = masks[scores.argmax()]
+        iou = (best & (lab == i)).sum() / (best | (lab == i)).sum()
+        assert iou > 0.8
+        box = np.array([c - 20, r - 20, c + 20, r + 20])
+        masks, _, _ = predictor.predict(box=box, multimask_output=False)
+        iou = (masks[0] & (lab == i)).sum() / (masks[0] | (lab == i)).sum()
+        assert iou > 0.8
+
+
+@pytest.mark.slow
+def test_bundled_model_segments_everything(bundled):
+    from segment_anything import SamAutomaticMaskGenerator
+
+    img, lab = synth_image(123, (192, 192), kind="fluorescence", n_objects=15, radius=(7, 10))
+    from samlib.display import to_rgb8
+
+    records = SamAutomaticMaskGenerator(bundled, points_per_side=16).generate(to_rgb8(img))
+    assert len(records) >= 0.7 * lab.max()
+    scores = matching_scores(iou_matrix([r["segmentation"] for r in records], lab), lab.max())
+    assert scores["ap50"] > 0.5
