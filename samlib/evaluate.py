@@ -27,8 +27,17 @@ DSB_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2).tolist())
 Instances = np.ndarray | Sequence[np.ndarray] | Sequence[Mapping[str, Any]]
 
 
-def _as_label_image(x: np.ndarray) -> bool:
-    return isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype.kind in "ui"
+def _as_labels(x: Instances) -> np.ndarray | None:
+    """Return ``x`` as an integer label image if it is one (2-D, not bool), else None."""
+    if not (isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype != bool):
+        return None
+    if x.dtype.kind == "f":  # e.g. labels saved as a float TIFF
+        if not np.all(np.isfinite(x)) or np.any(x != np.round(x)) or np.any(x < 0):
+            raise ParameterError(f"a {x.dtype} label image must hold whole numbers >= 0")
+        return x.astype(np.int64)
+    if x.dtype.kind not in "ui":
+        raise ParameterError(f"a label image must hold integers, got {x.dtype}")
+    return x
 
 
 def label_iou(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -88,16 +97,23 @@ def _pixel_sets(masks: Sequence[np.ndarray]) -> sparse.csr_matrix:
 
 
 def _iou_of(gt: Instances, pred: Instances) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if _as_label_image(gt) and _as_label_image(pred):
-        return label_iou(gt, pred)
-    g = masks_of(gt) if not _as_label_image(gt) else _split(gt)
-    p = masks_of(pred) if not _as_label_image(pred) else _split(pred)
-    return mask_iou(g, p), np.arange(1, len(g) + 1), np.arange(1, len(p) + 1)
+    lg, lp = _as_labels(gt), _as_labels(pred)
+    if lg is not None and lp is not None:
+        return label_iou(lg, lp)
+    g_ids, g = _split(lg) if lg is not None else _numbered(gt)
+    p_ids, p = _split(lp) if lp is not None else _numbered(pred)
+    return mask_iou(g, p), g_ids, p_ids
 
 
-def _split(labels: np.ndarray) -> list[np.ndarray]:
+def _numbered(items: Instances) -> tuple[np.ndarray, list[np.ndarray]]:
+    masks = masks_of(items)
+    return np.arange(1, len(masks) + 1), masks
+
+
+def _split(labels: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     ids = np.unique(labels)
-    return [labels == i for i in ids[ids != 0]]
+    ids = ids[ids != 0]
+    return ids, [labels == i for i in ids]
 
 
 def match(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:

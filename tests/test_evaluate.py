@@ -116,3 +116,15 @@ def test_dsb_mask_against_itself_and_eroded():
     d = json.loads(json.dumps(e2.to_dict(), allow_nan=False))
     assert len(d["per_threshold"]) == 10 and d["n_pred"] == 125
     assert evaluate(np.zeros_like(gt), gt).to_dict()["mean_matched_iou"] is None
+
+
+def test_mixed_inputs_and_float_labels():
+    gt = _labels(GT)
+    masks = [gt == i for i in (3, 1)]  # a list, in another order
+    e = evaluate(masks, gt)  # gt object 2 has no prediction
+    assert e.average_precision == pytest.approx(2 / 3) and (e.n_gt, e.n_pred) == (3, 2)
+    pairs = dict(zip(e.objects["gt_id"], e.objects["pred_id"], strict=True))
+    assert pairs == {1: 2, 2: 0, 3: 1}  # label ids kept for the label image, list order for masks
+    assert evaluate(gt.astype(np.float32), gt).average_precision == 1.0
+    with pytest.raises(ParameterError, match="whole numbers"):
+        evaluate(gt + 0.5, gt)
