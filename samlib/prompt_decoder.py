@@ -35,6 +35,8 @@ class _ImageTerms:
     t2i_k: torch.Tensor  # layer 0 token->image key projection
     t2i_v: torch.Tensor  # layer 0 token->image value projection
     i2t_q: torch.Tensor  # layer 0 image->token query projection
+    x: torch.Tensor  # (hw, C) contiguous copy of keys[0]
+    pe: torch.Tensor  # (hw, C) contiguous copy of key_pe[0]
 
 
 _LOCK = threading.Lock()
@@ -68,6 +70,8 @@ def _image_terms(model: Sam, features: torch.Tensor) -> _ImageTerms:
         t2i_k=layer0.cross_attn_token_to_image.k_proj(k_plus_pe),
         t2i_v=layer0.cross_attn_token_to_image.v_proj(keys),
         i2t_q=layer0.cross_attn_image_to_token.q_proj(k_plus_pe),
+        x=keys[0].contiguous(),
+        pe=key_pe[0].contiguous(),
     )
     with _LOCK:
         _TERMS[key] = (weakref.ref(model), weakref.ref(features), terms)

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from samlib.embeddings import Embedding
 from samlib.errors import PromptError
+from samlib.fast_decoder import decode_fast
 from samlib.prompt_decoder import decode
 
 __all__ = ["PromptResult", "predict", "upscale_logits"]
@@ -118,6 +119,31 @@ def _validate(points, labels, boxes, mask_input, size, mask_size):
     return points, labels, boxes, mask_input
 
 
+_LAYOUT_OK: dict[tuple[int, int, torch.dtype, str], bool] = {}
+
+
+def _channels_last_is_identical(x: torch.Tensor) -> bool:
+    """Whether bilinear resizing in channels-last layout gives this build's default bits.
+
+    PyTorch picks its resize kernel by tensor shape; for one image with 3 channels the
+    channels-last kernel is the one used anyway and is faster when called directly.
+    Checked once per (batch, channels, dtype, device) on random data, for up- and
+    down-scaling; where the bits differ the default layout is kept.
+    """
+    key = (int(x.shape[0]), int(x.shape[1]), x.dtype, x.device.type)
+    if key not in _LAYOUT_OK:
+        g = torch.Generator().manual_seed(0)
+        probe = torch.randn(key[0], key[1], 24, 20, generator=g).to(x.device, x.dtype)
+        cl = probe.contiguous(memory_format=torch.channels_last)
+        ok = True
+        for size in ((96, 80), (17, 13), (41, 57), (96, 96)):
+            ref = F.interpolate(probe, size, mode="bilinear", align_corners=False)
+            out = F.interpolate(cl, size, mode="bilinear", align_corners=False)
+            ok &= torch.equal(out, ref)
+        _LAYOUT_OK[key] = bool(ok)
+    return _LAYOUT_OK[key]
+
+
 def upscale_logits(
     model: Sam, low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
 ) -> torch.Tensor:
@@ -135,9 +161,10 @@ def upscale_logits(
         return model.postprocess_masks(low_res, input_size, original_size)
     rh = min(lh, -(-input_size[0] // factor) + 1)
     rw = min(lw, -(-input_size[1] // factor) + 1)
-    up = F.interpolate(
-        low_res[..., :rh, :rw], (rh * factor, rw * factor), mode="bilinear", align_corners=False
-    )
+    x = low_res[..., :rh, :rw]
+    if _channels_last_is_identical(x):
+        x = x.contiguous(memory_format=torch.channels_last)
+    up = F.interpolate(x, (rh * factor, rw * factor), mode="bilinear", align_corners=False)
     up = up[..., : input_size[0], : input_size[1]]
     return F.interpolate(up, original_size, mode="bilinear", align_corners=False)
 
@@ -153,6 +180,7 @@ def predict(
     mask_input=None,
     multimask: bool = True,
     all_candidates: bool = False,
+    exact: bool = False,
 ) -> PromptResult:
     """Predict masks for prompts on one image's embedding.
 
@@ -177,6 +205,11 @@ def predict(
     all_candidates : bool
         Return all four decoder outputs (the single-mask output first), overriding
         ``multimask``.
+    exact : bool
+        Run the decoder operation for operation as ``segment_anything`` does, so logits
+        and scores are bit-identical to ``SamPredictor.predict``. The default runs a
+        reorganised decoder (:mod:`samlib.fast_decoder`) that is several times faster;
+        its logits differ by rounding only (about 1e-6), which leaves the masks the same.
 
     Returns
     -------
@@ -212,10 +245,14 @@ def predict(
             )[None]
         pts = (coords_t, labels_t) if coords_t is not None else None
         sparse, dense = model.prompt_encoder(points=pts, boxes=box_t, masks=mask_t)
-        low, iou = decode(model, embedding.features, sparse, dense if mask_t is not None else None)
-        low, iou = low[:, sel], iou[:, sel]
+        dense_in = dense if mask_t is not None else None
+        if exact:
+            low, iou = decode(model, embedding.features, sparse, dense_in)
+            low, iou = low[:, sel], iou[:, sel]
+        else:
+            low, iou = decode_fast(model, embedding.features, sparse, dense_in, sel)
         up = upscale_logits(model, low, embedding.input_size, original_size)
-        masks.append((up > model.mask_threshold)[0].cpu().numpy())
+        masks.append(np.ascontiguousarray((up > model.mask_threshold)[0].cpu().numpy()))
         scores.append(iou[0].cpu().numpy())
         lows.append(low[0].cpu().numpy())
     return PromptResult(
