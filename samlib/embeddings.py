@@ -35,6 +35,7 @@ __all__ = [
     "Embedding",
     "EmbeddingCache",
     "compute_embedding",
+    "default_cache_dir",
     "embedding_key",
     "image_hash",
     "model_key",
@@ -113,6 +114,13 @@ def compute_embedding(model: Sam, rgb8: np.ndarray, *, key: str = "") -> Embeddi
         input_size=input_size,
         key=key,
     )
+
+
+def default_cache_dir() -> Path:
+    """Folder for the disk cache of embeddings: ``<samlib cache>/embeddings``."""
+    from samlib.models import cache_dir
+
+    return cache_dir() / "embeddings"
 
 
 def image_hash(rgb8: np.ndarray) -> str:

@@ -91,10 +91,10 @@ def _upscale(dec, keys: torch.Tensor, hw: tuple[int, int], hyper: torch.Tensor) 
     c1, c2 = conv1.out_channels, conv2.out_channels
     # out[co, 2i+a, 2j+b] = sum_ci in[ci, i, j] W[ci, co, a, b] + bias[co]
     w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, 4 * c1)
-    y = (keys @ w1).view(n, 4, c1) + conv1.bias
+    y = torch.addmm(conv1.bias.repeat(4), keys, w1).view(n, 4, c1)
     y = act1(F.layer_norm(y, (c1,), ln.weight, ln.bias, ln.eps))
     w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
-    z = act2((y.view(4 * n, c1) @ w2).view(4 * n, 4, c2) + conv2.bias)
+    z = act2(torch.addmm(conv2.bias.repeat(4), y.view(4 * n, c1), w2))
     logits = hyper @ z.view(16 * n, c2).T  # columns ordered (i, j, a, b, a', b')
     h, w = hw
     m = hyper.shape[0]

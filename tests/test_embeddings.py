@@ -10,7 +10,12 @@ import torch
 from segment_anything import SamPredictor
 
 from samlib.arch import VIT_TINY, build_sam
-from samlib.embeddings import EmbeddingCache, compute_embedding, embedding_key
+from samlib.embeddings import (
+    EmbeddingCache,
+    compute_embedding,
+    default_cache_dir,
+    embedding_key,
+)
 from samlib.errors import ImageError
 
 
@@ -81,6 +86,11 @@ def test_disk_cache_survives_restart(tiny_sam, tmp_path):
     assert torch.equal(again.features, emb.features)
     assert again.original_size == (50, 70) and again.input_size == emb.input_size
     assert again.key == emb.key == embedding_key(tiny_sam, rgb, {"channel": 0})
+
+
+def test_default_cache_dir_follows_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMLIB_CACHE_DIR", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "embeddings"
 
 
 def test_damaged_disk_entry_is_recomputed(tiny_sam, tmp_path):
