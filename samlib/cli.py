@@ -103,6 +103,11 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         "--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)"
     )
     g.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="do not read or write the image-embedding disk cache",
+    )
+    g.add_argument(
         "--allow-pickle",
         action="store_true",
         help="load checkpoints that need full unpickling (trusted files only)",
@@ -248,6 +253,15 @@ def _image_sha(image) -> str | None:
     return value() if callable(value) else value
 
 
+def _embedding(args: argparse.Namespace, model, rgb, settings: dict[str, Any]):
+    """The image embedding, from the disk cache unless ``--no-cache`` (encoded on a miss)."""
+    from samlib.embeddings import EmbeddingCache, compute_embedding, default_cache_dir
+
+    if args.no_cache:
+        return compute_embedding(model, rgb)
+    return EmbeddingCache(default_cache_dir(), max_items=1).get(model, rgb, settings)
+
+
 def _provenance(args, model, image, params: dict[str, Any]) -> dict[str, Any]:
     from samlib.export import provenance
 
@@ -323,7 +337,6 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     from segment_anything.utils.amg import calculate_stability_score
 
     from samlib.coords import xyxy_to_xywh
-    from samlib.embeddings import compute_embedding
     from samlib.export import write_exports
     from samlib.prompts import predict, upscale_logits
 
@@ -333,7 +346,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     model = _load_model(args)
     points = np.array([p[:2] for p in args.point]) if args.point else None
     labels = np.array([int(p[2]) for p in args.point]) if args.point else None
-    emb = compute_embedding(model, rgb)
+    emb = _embedding(args, model, rgb, settings)
     res = predict(
         model, emb, points=points, labels=labels, boxes=args.box or None, multimask=not args.single
     )
@@ -391,13 +404,18 @@ def cmd_everything(args: argparse.Namespace) -> int:
     from samlib.everything import segment_everything
     from samlib.export import write_exports
     from samlib.filters import filter_records
+    from samlib.genparams import GeneratorParams
 
     params = dict(args.set)
+    GeneratorParams.from_kwargs(**params)  # refuse bad parameters before any slow step
     image, rgb, settings = _load_image(args)
     model = _load_model(args)
     bar = _Bar("segment everything", enabled=not args.quiet)
     try:
-        records = segment_everything(model, rgb, fast=args.fast, progress=bar, **params)
+        emb = _embedding(args, model, rgb, settings)
+        records = segment_everything(
+            model, rgb, fast=args.fast, progress=bar, embedding=emb, **params
+        )
     finally:
         if bar.last:
             bar.close()

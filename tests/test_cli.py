@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from samlib import models
+from samlib import embeddings, models
 from samlib.cli import main
 from samlib.embeddings import compute_embedding
 from samlib.io import read_image, to_rgb8
@@ -96,6 +96,26 @@ def test_prompt_writes_the_predicted_masks(scene, capsys, tiny_sam, tiny_checkpo
     assert params["parameters"]["boxes"][1] == [70, 40, 110, 80]
     labels = tifffile.imread(out_dir / "labels.tif")
     assert labels.shape == (96, 128) and set(np.unique(labels)) <= {0, 1, 2}
+
+
+def test_second_run_reuses_the_cached_embedding(scene, capsys, tiny_checkpoint, monkeypatch):
+    argv = ["prompt", scene / "img.tif", "--point", "40,30", "--model", tiny_checkpoint]
+    assert _run(capsys, *argv, "--out", scene / "a")[0] == 0
+    assert len(list((scene / "cache" / "embeddings").glob("*.npz"))) == 1
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("the image was encoded again")
+
+    monkeypatch.setattr(embeddings, "compute_embedding", no_encoder)
+    code, _, err = _run(capsys, *argv, "--out", scene / "b")
+    assert code == 0, err
+    first = (scene / "a" / "masks.json").read_text()
+    assert (
+        json.loads(first)["annotations"]
+        == json.loads((scene / "b" / "masks.json").read_text())["annotations"]
+    )
+    with pytest.raises(AssertionError, match="encoded again"):  # --no-cache always encodes
+        main([str(a) for a in argv] + ["--out", str(scene / "c"), "--no-cache"])
 
 
 def test_everything_writes_exports(scene, capsys, tiny_checkpoint):
