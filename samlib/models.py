@@ -413,7 +413,11 @@ def read_checkpoint(
         state = obj
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{p}: the weights are a {type(state).__name__}, not a dict")
-    state = _strip_prefix(_strip_prefix(state, "module."), "sam.")
+    state = _strip_prefix(state, "module.")
+    if any(k.startswith("sam.") for k in state):
+        # micro-sam: the SAM weights carry a "sam." prefix; other entries belong to
+        # other networks trained alongside (e.g. an instance-segmentation decoder).
+        state = {k[4:]: v for k, v in state.items() if k.startswith("sam.")}
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{p}: entries that are not tensors: {bad[:5]}")

@@ -119,8 +119,14 @@ def test_samlib_format_round_trip(tmp_path, tiny_sam):
         lambda sd: {"sam." + k: v for k, v in sd.items()},
         lambda sd: {"model_state": {"sam." + k: v for k, v in sd.items()}, "epoch": 3},
         lambda sd: {"model_state": sd},
+        lambda sd: {
+            "model_state": {
+                **{"sam." + k: v for k, v in sd.items()},
+                "decoder.head.weight": torch.zeros(2, 3),
+            }
+        },
     ],
-    ids=["plain", "sam-prefix", "micro-sam", "model_state"],
+    ids=["plain", "sam-prefix", "micro-sam", "model_state", "micro-sam-extra-net"],
 )
 def test_state_dict_formats_detected(tmp_path, tiny8, wrap):
     path = tmp_path / "w.pth"
