@@ -24,13 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import ndimage as ndi
-from scipy.optimize import linear_sum_assignment
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.modeling import Sam
 
 from samlib.errors import ParameterError, SamlibError
-
-THRESHOLDS = np.round(np.arange(0.5, 0.96, 0.05), 2)
+from samlib.evaluate import evaluate
 
 
 def object_prompts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -54,39 +52,6 @@ def object_prompts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
         np.asarray(points, dtype=np.float32).reshape(-1, 2),
         np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
     )
-
-
-def iou_matrix(masks: Sequence[np.ndarray], labels: np.ndarray) -> np.ndarray:
-    """IoU of each boolean HxW mask with each labelled object: (n_masks, n_labels) float.
-
-    Column ``j`` is label ``j + 1`` (labels are assumed to be 1..max; absent ids give 0).
-    Counts overlaps with ``bincount`` per mask; no per-pair pixel loops.
-    """
-    n = int(labels.max())
-    area = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)
-    out = np.zeros((len(masks), n))
-    for k, m in enumerate(masks):
-        inter = np.bincount(labels[m], minlength=n + 1)[1:].astype(np.float64)
-        union = m.sum() + area - inter
-        out[k] = np.divide(inter, union, out=np.zeros(n), where=union > 0)
-    return out
-
-
-def matching_scores(iou: np.ndarray, n_gt: int) -> dict[str, float]:
-    """AP per IoU threshold (one-to-one matching), mean AP 0.5:0.95 and F1 at 0.5."""
-    n_pred = iou.shape[0]
-    aps, f1 = [], 0.0
-    for t in THRESHOLDS:
-        tp = 0
-        if n_pred and n_gt:
-            gain = np.where(iou >= t, iou, 0.0)
-            rows, cols = linear_sum_assignment(-gain)
-            tp = int((gain[rows, cols] >= t).sum())
-        fp, fn = n_pred - tp, n_gt - tp
-        aps.append(tp / max(1, tp + fp + fn))
-        if t == 0.5:
-            f1 = 2 * tp / max(1, 2 * tp + fp + fn)
-    return {"ap50": aps[0], "ap_mean": float(np.mean(aps)), "f1": f1}
 
 
 @torch.no_grad()
@@ -156,7 +121,6 @@ def evaluate_model(
             f"labels must be an integer image of the image's size {rgb8.shape[:2]}, got "
             f"{labels.dtype} {labels.shape}"
         )
-    labels = _relabel(labels)
     out: dict[str, Any] = prompt_ious(model, rgb8, labels)
     t0 = time.perf_counter()
     records = everything_masks(model, rgb8, **generator_params)
@@ -167,17 +131,13 @@ def evaluate_model(
         if (min_area is None or r["area"] >= min_area)
         and (max_area is None or r["area"] <= max_area)
     ]
-    n_gt = int(labels.max())
-    out.update(matching_scores(iou_matrix(keep, labels), n_gt))
-    out.update({"n_pred": len(keep), "n_gt": n_gt, "n_pred_unfiltered": len(records)})
+    ev = evaluate(keep, labels)
+    table = ev.per_threshold.set_index("threshold")
+    out.update({"ap50": float(table.loc[0.5, "ap"]), "ap_mean": ev.average_precision})
+    out.update({"f1": float(table.loc[0.5, "f1"]), "n_pred": ev.n_pred, "n_gt": ev.n_gt})
+    out["n_pred_unfiltered"] = len(records)
     out.update({"min_area": min_area, "max_area": max_area})
     return out
-
-
-def _relabel(labels: np.ndarray) -> np.ndarray:
-    _, inv = np.unique(labels, return_inverse=True)
-    inv = inv.reshape(labels.shape)
-    return inv if labels.min() == 0 else inv + 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,7 +38,9 @@ class TrainParams:
 
     ``steps_per_epoch`` steps of ``batch_images`` images each make an epoch; ``None``
     means one pass over the training images (at least 10 steps). ``max_minutes`` stops
-    training after that wall time, keeping the best epoch so far.
+    training after that wall time, keeping the best epoch so far. The mask loss is
+    ``focal_weight * focal + dice`` (SAM: 20), the focal weight rising linearly from 0 over
+    the first ``focal_ramp_steps`` steps (for training from scratch).
     """
 
     epochs: int = 20
@@ -50,6 +52,8 @@ class TrainParams:
     n_prompts: int = 8
     n_corrections: int = 1
     n_background: int = 2
+    focal_weight: float = 20.0
+    focal_ramp_steps: int = 0
     freeze_encoder: bool = True
     patience: int = 4
     seed: int = 0
@@ -94,6 +98,10 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def _ramp(step: int, steps: int) -> float:
+    return 1.0 if steps <= 0 else min(1.0, step / steps)
 
 
 def write_sidecar(path: Path, info: dict[str, Any]) -> Path:
@@ -203,6 +211,7 @@ def train(
                     n_prompts=params.n_prompts,
                     n_corrections=params.n_corrections,
                     n_background=params.n_background,
+                    focal_weight=params.focal_weight * _ramp(step, params.focal_ramp_steps),
                 )
                 for e, s in zip(embs, batch, strict=True)
             ) / len(batch)

@@ -178,15 +178,17 @@ def mask_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def sam_loss(
-    logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor
+    logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor, focal_weight: float = 20.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM's loss for (K, M, L, L) logits, (K, M) predicted IoU and (K, L, L) bool targets.
 
     The mask loss takes, per prompt, the best of the M outputs; the IoU head learns every
     output's real IoU. Returns the mean loss and the index of the best output (K,).
+    ``focal_weight`` is SAM's 20; training from scratch ramps it up from 0, because the
+    focal term alone first drives every logit negative and learning then stalls.
     """
     t = target[:, None].expand_as(logits).float()
-    per = 20 * focal_loss(logits, t) + dice_loss(logits, t)
+    per = focal_weight * focal_loss(logits, t) + dice_loss(logits, t)
     best = per.argmin(1)
     real = mask_iou(logits.detach() > 0, t > 0.5)
     loss = per.gather(1, best[:, None]).mean() + F.mse_loss(iou_pred, real)

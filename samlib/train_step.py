@@ -63,6 +63,7 @@ def train_step(
     n_prompts: int = 8,
     n_corrections: int = 1,
     n_background: int = 2,
+    focal_weight: float = 20.0,
 ) -> torch.Tensor:
     """SAM's loss on one image: prompts for ``n_prompts`` random instances (scalar tensor)."""
     dev = emb.device
@@ -88,7 +89,7 @@ def train_step(
             logits, iou = _decode(
                 model, emb, None if pts is None else (pts, lab), boxes, None, not use_box
             )
-            loss, best = sam_loss(logits, iou, target)
+            loss, best = sam_loss(logits, iou, target, focal_weight)
             total = total + loss
             for _ in range(n_corrections):
                 prev = logits.gather(
@@ -98,7 +99,7 @@ def train_step(
                 pts = cp if pts is None else np.concatenate([pts, cp], 1)
                 lab = cl if lab is None else np.concatenate([lab, cl], 1)
                 logits, iou = _decode(model, emb, (pts, lab), boxes, prev, False)
-                loss, best = sam_loss(logits, iou, target)
+                loss, best = sam_loss(logits, iou, target, focal_weight)
                 total = total + loss
     bg = np.argwhere(sample.labels == 0)
     if n_background and len(bg):

@@ -3,7 +3,7 @@
 Everything follows from ``--seed``: the synthetic training and validation images
 (samlib.synth), the initial weights and the prompts. The DSB2018 image is never used.
 
-    .venv/bin/python scripts/train_small_model.py --seed 0 --epochs 40 \
+    .venv/bin/python scripts/train_small_model.py --seed 0 --epochs 18 --max-minutes 58 \
         --out samlib/weights/small_cnn.pt
 """
 
@@ -26,7 +26,7 @@ from samlib.train import TrainParams, train  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=18)
     ap.add_argument("--steps-per-epoch", type=int, default=50)
     ap.add_argument("--batch-images", type=int, default=2)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         n_prompts=args.n_prompts,
         n_corrections=1,
         n_background=2,
+        focal_ramp_steps=400,
         freeze_encoder=False,
         patience=args.epochs,
         seed=args.seed,

@@ -10,7 +10,7 @@ import torch
 from segment_anything import SamPredictor
 
 from samlib.arch import ENCODERS, SamConfig, build_sam
-from samlib.benchmark_model import iou_matrix, matching_scores, object_prompts
+from samlib.benchmark_model import evaluate_model, object_prompts
 from samlib.errors import ParameterError
 from samlib.small_encoder import SMALL_CNN
 from samlib.synth import synth_image
@@ -240,25 +240,6 @@ def test_object_prompts_find_centres_and_tight_boxes():
         )
 
 
-def test_iou_matrix_and_scores_on_known_overlaps():
-    _, lab = make_disks(shape=(64, 96), disks=((20, 30, 10), (40, 70, 6)))
-    exact = lab == 1
-    half = np.zeros_like(exact)
-    half[:, :30] = exact[:, :30]  # left half of disk 1 (plus nothing of disk 2)
-    junk = np.zeros_like(exact)
-    junk[0:5, 0:5] = True
-    iou = iou_matrix([exact, half, junk], lab)
-    assert iou.shape == (3, 2)
-    np.testing.assert_allclose(iou[0], [1.0, 0.0])
-    assert iou[1, 0] == pytest.approx(half.sum() / exact.sum())
-    np.testing.assert_allclose(iou[2], [0.0, 0.0])
-    perfect = matching_scores(iou_matrix([lab == 1, lab == 2], lab), 2)
-    assert perfect == {"ap50": 1.0, "ap_mean": 1.0, "f1": 1.0}
-    one_of_two_plus_junk = matching_scores(iou[[0, 2]], 2)  # TP 1, FP 1, FN 1
-    assert one_of_two_plus_junk["ap50"] == pytest.approx(1 / 3)
-    assert one_of_two_plus_junk["f1"] == pytest.approx(0.5)
-
-
 @pytest.fixture(scope="module")
 def bundled():
     from samlib.models import load_model
@@ -294,12 +275,12 @@ def test_bundled_model_segments_disks_with_sam_predictor(bundled):
 
 @pytest.mark.slow
 def test_bundled_model_segments_everything(bundled):
-    from segment_anything import SamAutomaticMaskGenerator
-
-    img, lab = synth_image(123, (192, 192), kind="fluorescence", n_objects=15, radius=(7, 10))
     from samlib.display import to_rgb8
 
-    records = SamAutomaticMaskGenerator(bundled, points_per_side=16).generate(to_rgb8(img))
-    assert len(records) >= 0.7 * lab.max()
-    scores = matching_scores(iou_matrix([r["segmentation"] for r in records], lab), lab.max())
-    assert scores["ap50"] > 0.5
+    img, lab = synth_image(123, (192, 192), kind="fluorescence", n_objects=15, radius=(7, 10))
+    res = evaluate_model(bundled, to_rgb8(img), lab, min_area=20, points_per_side=16)
+    assert res["n_gt"] == lab.max()
+    assert res["point_miou"] > 0.7
+    assert res["box_miou"] > 0.7
+    assert res["ap50"] > 0.5
+    assert res["n_pred"] <= res["n_pred_unfiltered"]
