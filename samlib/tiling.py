@@ -47,7 +47,7 @@ def _spans(n: int, tile: int, halo: int) -> list[tuple[int, int, int, int]]:
     """(core_start, core_end, window_start, window_end) along one axis of length n."""
     k = max(1, math.ceil(n / tile))
     edges = np.round(np.linspace(0, n, k + 1)).astype(int)
-    win = min(n, int(np.diff(edges).max()) + 2 * halo)
+    win = min(n, tile + 2 * halo)
     out = []
     for a, b in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True):
         s = max(0, min(a - halo, n - win))
@@ -72,8 +72,9 @@ def tile_layout(image_size: tuple[int, int], tile_size: int, halo: int) -> list[
         Largest core side, pixels. The image is split into ``ceil(H / tile_size)`` x
         ``ceil(W / tile_size)`` cores of (nearly) equal size.
     halo : int
-        Pixels added on every side of a core to make its window (less at the image
-        border, where the window is shifted inwards to keep every window the same size).
+        Pixels added on every side of a core to make its window. Every window is
+        ``tile_size + 2 * halo`` pixels (or the image side, if smaller); at the image
+        border windows are shifted inwards rather than clipped.
 
     Returns
     -------
