@@ -55,6 +55,17 @@ st.caption(
 filters = everything_ui.filter_ui(run)
 result = everything_ui.apply_filters(run, filters)
 counts = st.container()  # filled below, once the area filter is known
+if not result.records:
+    with counts:
+        everything_ui.counts_ui(result)
+    st.warning(
+        f"No mask passes these thresholds. Lower pred_iou_thresh or stability_score_thresh "
+        f"(this run kept candidates down to {run.candidates.iou_floor:.2f} and "
+        f"{run.candidates.stability_floor:.2f}), or lower the live-filter floors in the "
+        "sidebar and run again.",
+        icon=":material/filter_alt_off:",
+    )
+    st.stop()
 
 hist, area = st.columns([3, 2], gap="large")
 with area:

@@ -1,5 +1,6 @@
 """Prompts (workshop chapter 4): points and boxes on the image, candidates, object list."""
 
+import pandas as pd
 import streamlit as st
 
 from samlib.canvas import merge_prompts
@@ -30,10 +31,15 @@ def _accept(new_objects: list) -> None:
     st.session_state["typed_prompts"] = None
 
 
-left, right = st.columns([3, 2], gap="large")
+with st.sidebar:
+    width = prompt_ui.canvas_width_ui()
+if width <= prompt_ui.SIDE_BY_SIDE_MAX:
+    left, right = st.columns([3, 2], gap="large")
+else:
+    left, right = st.container(), st.container()
 with left:
     mode, colour, multimask = prompt_ui.tool_ui()
-    drawn = prompt_ui.canvas_ui(work, mode, colour, generation)
+    drawn = prompt_ui.canvas_ui(work, mode, colour, generation, width)
     prompts = merge_prompts(drawn, prompt_ui.typed_prompts_ui(work))
 
 with right:
@@ -41,7 +47,7 @@ with right:
     if prompts.empty:
         st.info("Click on an object in the image, or drag a box around it.")
     else:
-        st.dataframe(prompts.as_rows(), hide_index=True, width="stretch")
+        st.table(pd.DataFrame(prompts.as_rows()).fillna(""), hide_index=True)
         result = None
         with state.guard("Prompting SAM"):
             result = predict_candidates(model, emb, prompts, multimask=multimask)

@@ -122,9 +122,11 @@ class FilteredRun:
         return area_range(self.records, self.outliers if drop_whole_image else ())
 
     def status(self) -> np.ndarray:
-        """Per record: ``"kept"``, ``"whole image"`` or ``"outside area range"``."""
+        """Per record: ``"kept"``, ``"whole image"`` (excluded) or ``"outside area range"``."""
         out = np.where(self.keep, "kept", "outside area range").astype(object)
-        out[self.outliers] = "whole image"
+        excluded = np.zeros(len(self.records), dtype=bool)
+        excluded[self.outliers] = True
+        out[excluded & ~self.keep] = "whole image"
         return out
 
 

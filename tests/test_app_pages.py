@@ -250,8 +250,9 @@ def prompt_with_typed_point(at: AppTest, x: float, y: float) -> AppTest:
 def test_prompts_point_gives_three_candidates_and_objects_accumulate(app_env):
     at = prompt_with_typed_point(seeded(new_app()), 40.0, 30.0)
     assert sum("predicted IoU" in c for c in image_captions(at)) == 3
-    prompts = next(df.value for df in at.dataframe if "prompt" in df.value.columns)
+    prompts = at.table[0].value
     assert prompts[["x", "y"]].values.tolist() == [[40.0, 30.0]]
+    assert prompts["prompt"].tolist() == ["foreground point"]
     at.radio(key="w_pick").set_value(2)
     at.button(key="add_object").click().run()
     no_errors(at)

@@ -218,6 +218,11 @@ def area_ui(result: FilteredRun, work: WorkImage) -> tuple[int, int]:
     lo, hi = result.area_bounds(drop)
     log_x = state.kept(st.toggle, "Log area axis", "log_area", True)
     st.session_state["_log_area"] = log_x
+    if drop and len(result.outliers) == len(result.records):
+        st.caption(
+            "Every mask covers most of the image: untick *Exclude whole-image masks* to see them."
+        )
+        return 0, 0
     if hi <= lo:
         st.caption(f"All masks have an area of {lo} px.")
         return lo, max(hi, lo)

@@ -24,7 +24,9 @@ TOOLS = {
     "Background point": ("point", BACKGROUND_COLOR),
     "Box": ("rect", BOX_COLOR),
 }
-CANVAS_MAX_WIDTH = 640
+#: Canvas widths offered (px); the default fits beside the candidates on a laptop screen.
+CANVAS_WIDTHS = [320, 450, 640, 800, 1000]
+SIDE_BY_SIDE_MAX = 450  # wider canvases put the candidates below the image
 
 
 def tool_ui() -> tuple[str, str, bool]:
@@ -54,10 +56,25 @@ def tool_ui() -> tuple[str, str, bool]:
     return mode, colour, multimask
 
 
-def canvas_ui(work: WorkImage, mode: str, colour: str, generation: int) -> CanvasPrompts:
+def canvas_width_ui() -> int:
+    """The canvas width the user wants (a projector in a workshop wants it large)."""
+    return state.kept(
+        st.select_slider,
+        "Canvas width (px)",
+        "canvas_width",
+        SIDE_BY_SIDE_MAX,
+        options=CANVAS_WIDTHS,
+        help="Clicks map to image pixels at any width. Wider than 450 px puts the "
+        "candidates below the image.",
+    )
+
+
+def canvas_ui(
+    work: WorkImage, mode: str, colour: str, generation: int, max_width: int
+) -> CanvasPrompts:
     """Show the image on a drawing canvas; return the drawn prompts in image pixels."""
     image_size = work.size_xy
-    canvas_size = coords.display_size(image_size, CANVAS_MAX_WIDTH)
+    canvas_size = coords.display_size(image_size, max_width)
     background = Image.fromarray(work.rgb8).resize(canvas_size, Image.Resampling.BILINEAR)
     result = st_canvas(
         background_image=background,
@@ -114,11 +131,14 @@ def candidates_ui(
                 prompts.boxes,
             )
             st.image(view, caption=f"Candidate {i + 1}: predicted IoU {score:.3f}", width="stretch")
-    best = int(np.argmax(scores))
+    # New prompts: preselect the best candidate (the user's earlier pick was for others).
+    sig = (prompts.points.tobytes(), prompts.labels.tobytes(), prompts.boxes.tobytes(), len(masks))
+    if st.session_state.get("_pick_sig") != sig or "w_pick" not in st.session_state:
+        st.session_state["_pick_sig"] = sig
+        st.session_state["w_pick"] = int(np.argmax(scores))
     return st.radio(
         "Keep candidate",
         range(len(masks)),
-        index=best,
         horizontal=True,
         format_func=lambda i: f"{i + 1} (IoU {scores[i]:.2f})",
         key="w_pick",

@@ -71,17 +71,39 @@ def gallery_ui(work: WorkImage, records: Sequence[Mapping[str, Any]], key: str) 
             st.image(crop, caption=f"#{i + 1}: {records[i]['area']} px", width="stretch")
 
 
+def _signature(work: WorkImage, records: Sequence[Mapping[str, Any]]) -> tuple:
+    """Identifies a set of records cheaply (to reuse prepared downloads)."""
+    rows = tuple(
+        (int(r["area"]), tuple(float(v) for v in r["bbox"]), float(r["predicted_iou"]))
+        for r in records
+    )
+    return work.key, work.pixel_size_um, rows
+
+
 def downloads_ui(
     work: WorkImage, records: Sequence[Mapping[str, Any]], key: str, prov: Mapping[str, Any]
 ) -> None:
-    """Download buttons for every export format (each file is built when clicked)."""
+    """Build every export format on request, then offer one download button per file."""
     stem = work.name.rsplit(".", 1)[0]
-    makers = export_makers(work, records, dict(prov))
+    store = st.session_state.setdefault("_downloads", {})
+    sig = _signature(work, records)
+    files = store.get(key, (None, None))[1] if store.get(key, (None,))[0] == sig else None
+    if files is None:
+        st.caption(
+            f"{len(records)} masks: label image (TIFF, PNG), measurements (CSV), COCO "
+            "RLE JSON, one PNG per mask, ImageJ ROIs and the parameters (JSON)."
+        )
+        if st.button("Prepare downloads", key=f"prepare_{key}", icon=":material/package_2:"):
+            with st.spinner("Writing files..."), state.guard("Preparing downloads"):
+                makers = export_makers(work, records, dict(prov))
+                store[key] = (sig, {fmt: make() for fmt, make in makers.items()})
+                st.rerun()
+        return
     cols = st.columns(4)
     for j, (fmt, (suffix, mime)) in enumerate(EXPORTS.items()):
         cols[j % 4].download_button(
             suffix,
-            makers[fmt],
+            files[fmt],
             file_name=f"{stem}_{suffix}",
             mime=mime,
             key=f"dl_{key}_{fmt}",

@@ -1,0 +1,357 @@
+"""The app in a real browser: ``streamlit run`` on 127.0.0.1, driven with Playwright + Chromium.
+
+One browser session walks through the workshop: load a sample, check the system, segment
+everything and move the filters, click a point and draw a box on the canvas, download the
+label TIFF and check its contents. Screenshots of each page go to ``docs/screenshots/``.
+
+Skipped when ``/usr/bin/chromium`` is missing, unless ``SAMLIB_REQUIRE_BROWSER=1`` (CI),
+which turns the skip into a failure. The model is a tiny random-weight checkpoint injected
+with ``SAMLIB_MODEL``; the test recomputes its answers locally to know where masks must be.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from samlib import coords
+from samlib.arch import VIT_TINY, build_sam
+from samlib.canvas import CanvasPrompts
+from samlib.embeddings import compute_embedding
+from samlib.models import load_model, save_checkpoint
+from samlib.objects import predict_candidates
+from samlib.samples import load_sample
+from samlib.session import prepare_image
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.timeout(300),
+    pytest.mark.filterwarnings(
+        "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+    ),
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PROMPT_SAMPLE = "Cell (scikit-image)"  # 660 px wide: shown on the canvas at a scale != 1
+CANVAS_WIDTH = 450  # the default canvas width
+
+if not CHROMIUM.exists():
+    if os.environ.get("SAMLIB_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{CHROMIUM} is missing and SAMLIB_REQUIRE_BROWSER=1", pytrace=False)
+    pytest.skip(f"{CHROMIUM} not installed", allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("browser") / "tiny_random.pt"
+    return save_checkpoint(build_sam(VIT_TINY), path, VIT_TINY)
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint, tmp_path_factory):
+    """``streamlit run app.py`` on a free port; yields its URL."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "SAMLIB_MODEL": str(checkpoint),
+        "SAMLIB_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
+        "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+    }
+    log = tmp_path_factory.mktemp("log") / "streamlit.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.headless",
+                "true",
+                "--server.port",
+                str(port),
+                "--server.address",
+                "127.0.0.1",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"streamlit did not start:\n{log.read_text()}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        context = browser.new_context(
+            viewport={"width": 1280, "height": 860}, accept_downloads=True
+        )
+        pg = context.new_page()
+        pg.set_default_timeout(60_000)
+        pg.goto(server)
+        pg.get_by_role("heading", name="Image & model").wait_for()
+        yield pg
+        browser.close()
+
+
+def idle(pg) -> None:
+    """Wait until the app has finished its rerun (Streamlit's running indicator gone)."""
+    pg.wait_for_timeout(300)
+    pg.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000
+    )
+    pg.wait_for_timeout(200)
+
+
+def go(pg, title: str, heading: str) -> None:
+    pg.locator('[data-testid="stSidebarNavLink"]').filter(has_text=title).click()
+    pg.get_by_role("heading", name=heading).wait_for()
+    idle(pg)
+
+
+def shot(pg, name: str, height: int = 860) -> None:
+    """Save a screenshot for the README (``height`` px tall), as a small 256-colour PNG."""
+    from PIL import Image
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    size = pg.viewport_size
+    if height != size["height"]:
+        pg.set_viewport_size({"width": size["width"], "height": height})
+        pg.wait_for_timeout(1500)
+    png = pg.screenshot()
+    if height != size["height"]:
+        pg.set_viewport_size(size)
+        pg.wait_for_timeout(500)
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    img.quantize(256, method=Image.Quantize.MEDIANCUT).save(SHOTS / f"{name}.png", optimize=True)
+
+
+def metric(pg, label: str) -> int:
+    box = pg.locator('[data-testid="stMetric"]').filter(has_text=label).first
+    text = box.locator('[data-testid="stMetricValue"]').inner_text()
+    return int(text.replace(",", ""))
+
+
+def wait_metric(pg, label: str, ok, timeout: float = 60.0) -> int:
+    """Poll a metric until ``ok(value)`` (reruns finish asynchronously); return the value."""
+    deadline = time.time() + timeout
+    while True:
+        value = metric(pg, label)
+        if ok(value) or time.time() > deadline:
+            return value
+        pg.wait_for_timeout(250)
+
+
+def slider_key(pg, label: str, key: str, times: int = 1, scope: str = "") -> None:
+    """Press a key on the slider whose label is ``label`` (focus, then keyboard)."""
+    widget = pg.locator(f'{scope} [data-testid="stSlider"]').filter(has_text=label).first
+    thumb = widget.get_by_role("slider").first
+    thumb.focus()
+    for _ in range(times):
+        thumb.press(key)
+    idle(pg)
+
+
+def choose_sample(pg, name: str) -> None:
+    pg.locator('[data-testid="stSelectbox"]').filter(has_text="Sample").first.click()
+    pg.get_by_role("option", name=name).click()
+    idle(pg)
+
+
+def test_workshop_in_the_browser(page, checkpoint):
+    pg = page
+    # -- Image & model: the default sample is shown with its preview -----------------------
+    pg.get_by_text("What SAM sees: dsb2018").wait_for()
+    shot(pg, "home")
+
+    # -- System check: versions and a passing self-test ------------------------------------
+    go(pg, "System check", "System check")
+    pg.get_by_role("button", name="Run self-test").click()
+    pg.get_by_text("stages passed").wait_for()
+    shot(pg, "system_check")
+
+    # -- Segment everything: small grid, floors at 0, run, then live filters --------------
+    go(pg, "Segment everything", "Segment everything")
+    slider_key(pg, "points_per_side", "Home", scope='[data-testid="stSidebar"]')  # 4
+    slider_key(pg, "points_per_side", "ArrowRight", 4, scope='[data-testid="stSidebar"]')
+    pg.get_by_text("Live-filter floors").click()
+    for label in ("Lowest pred_iou_thresh offered", "Lowest stability_score_thresh offered"):
+        box = pg.get_by_role("spinbutton", name=label)
+        box.fill("0")
+        box.press("Enter")
+        idle(pg)
+    pg.get_by_role("button", name="Run segment everything").click()
+    pg.get_by_text("Decoded candidates").wait_for(timeout=150_000)
+    idle(pg)
+    assert metric(pg, "Decoded candidates") > 0
+    slider_key(pg, "pred_iou_thresh", "Home")
+    slider_key(pg, "stability_score_thresh", "Home")
+    slider_key(pg, "box_nms_thresh", "End")
+    # random weights: most masks cover most of the image, so keep whole-image masks too
+    pg.get_by_role("checkbox", name="Exclude whole-image masks").uncheck(force=True)
+    idle(pg)
+    before = wait_metric(pg, "After area filter", lambda v: v > 1)
+    assert before > 1
+    shot(pg, "everything", height=1500)
+    slider_key(pg, "Area range", "End")  # lower bound up to the largest area
+    after = wait_metric(pg, "After area filter", lambda v: v < before)
+    assert 1 <= after < before
+
+    # -- Prompts: a click on the canvas gives a mask at that place ------------------------
+    go(pg, "Image & model", "Image & model")
+    choose_sample(pg, PROMPT_SAMPLE)
+    go(pg, "Prompts", "Segment with prompts")
+    work = prepare_image(load_sample(PROMPT_SAMPLE)[0])
+    model = load_model(checkpoint, "cpu")
+    emb = compute_embedding(model, work.rgb8)
+    target, pick, expected = find_point_inside_a_candidate(model, emb, work)
+    idle(pg)
+    canvas = pg.locator("canvas.upper-canvas").last  # Fabric's event layer
+    bb = canvas.bounding_box()
+    canvas_size = coords.display_size(work.size_xy, CANVAS_WIDTH)
+    assert (round(bb["width"]), round(bb["height"])) == canvas_size
+    scale = canvas_size[0] / work.size_xy[0]
+    canvas.click(position={"x": target[0] * scale, "y": target[1] * scale})
+    pg.get_by_text("Candidate 1: predicted IoU").wait_for()
+    idle(pg)
+    table = prompt_table(pg)
+    assert table[0][0] == "foreground point"
+    assert abs(table[0][1] - target[0]) <= 1.5 and abs(table[0][2] - target[1]) <= 1.5
+    pg.locator("label").filter(has_text=re.compile(rf"^{pick + 1} \(IoU")).click()
+    idle(pg)
+    pg.get_by_role("button", name="Add to objects").click()
+    pg.get_by_role("heading", name="Objects: 1").wait_for()
+    idle(pg)
+
+    # -- a box drawn on the canvas ---------------------------------------------------------
+    pg.get_by_text("Box", exact=True).click()
+    idle(pg)
+    box = (120.0, 100.0, 300.0, 260.0)  # image pixels, XYXY
+    canvas = pg.locator("canvas.upper-canvas").last  # a fresh canvas after "Add"
+    canvas.wait_for(state="visible")
+    bb = canvas.bounding_box()
+    pg.mouse.move(bb["x"] + box[0] * scale, bb["y"] + box[1] * scale)
+    pg.mouse.down()
+    pg.mouse.move(bb["x"] + box[2] * scale, bb["y"] + box[3] * scale, steps=8)
+    pg.mouse.up()
+    pg.get_by_text("Candidate 1: predicted IoU").wait_for()
+    idle(pg)
+    row = next(r for r in prompt_table(pg) if r[0] == "box")
+    assert np.allclose(row[1:], box, atol=2.0), row
+    pg.get_by_role("button", name="Add to objects").click()
+    pg.get_by_role("heading", name="Objects: 2").wait_for()
+    idle(pg)
+    shot(pg, "prompts", height=1500)
+
+    # -- the label TIFF holds both objects, the clicked one where it was clicked ----------
+    pg.get_by_role("tab", name="Downloads").click()
+    pg.get_by_role("button", name="Prepare downloads").click()
+    pg.get_by_role("button", name="labels.tif").wait_for()
+    idle(pg)
+    with pg.expect_download() as dl:
+        pg.get_by_role("button", name="labels.tif").click()
+    labels = tifffile.imread(io.BytesIO(Path(dl.value.path()).read_bytes()))
+    assert labels.shape == work.rgb8.shape[:2] and labels.dtype == np.uint16
+    assert set(np.unique(labels)) <= {0, 1, 2} and labels.max() == 2
+    row, col = coords.xy_to_rowcol(*target)
+    assert labels[row, col] != 0
+    first = labels == 1
+    visible = expected & ~(labels == 2)  # the box's mask may cover part of the first
+    inter = (first & visible).sum()
+    assert inter / max(1, (first | visible).sum()) > 0.95
+
+    # -- Examples & about -----------------------------------------------------------------
+    go(pg, "Examples & about", "Examples & about")
+    shot(pg, "about")
+
+
+def prompt_table(pg) -> list[list]:
+    """The rows of the prompt table on the Prompts page: [kind, x, y, (x1, y1)]."""
+    rows = []
+    for tr in pg.locator('[data-testid="stTable"] tbody tr').all():
+        cells = [c.inner_text().strip() for c in tr.locator("td, th").all()]
+        cells = [c for c in cells if c != ""]
+        kind = next(c for c in cells if not _is_num(c))
+        rows.append([kind, *[float(c) for c in cells if _is_num(c)]])
+    return rows
+
+
+def _is_num(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
+
+
+def find_point_inside_a_candidate(model, emb, work):
+    """A click position (pixel centre) well inside one of SAM's candidates for it.
+
+    Returns ``(point_xy, candidate_index, candidate_mask)``; the point has a 7x7 pixel
+    neighbourhood inside the mask, so a sub-pixel click offset cannot change the answer.
+    """
+    w, h = work.size_xy
+    for y in np.linspace(0.2 * h, 0.8 * h, 5):
+        for x in np.linspace(0.2 * w, 0.8 * w, 5):
+            x, y = float(int(x)) + 0.5, float(int(y)) + 0.5
+            res = predict_candidates(
+                model, emb, CanvasPrompts(np.array([[x, y]]), np.array([1])), multimask=True
+            )
+            r, c = coords.xy_to_rowcol(x, y)
+            for k, mask in enumerate(res.masks[0]):
+                if mask[r - 3 : r + 4, c - 3 : c + 4].all() and mask.mean() < 0.9:
+                    return (x, y), k, mask
+    pytest.fail("no click position lies inside a candidate of the test model")
