@@ -106,24 +106,17 @@ def _encode(binary: torch.Tensor, crop_box: list[int], size: tuple[int, int]) ->
     return out
 
 
-def _batches(n: int, stock_batch: int, chunk: int) -> list[tuple[int, int]]:
-    """Decode chunks that give the stock generator's arithmetic.
+def _batches(n: int, stock_batch: int, chunk: int) -> list[tuple[int, int, int, int]]:
+    """Decode chunks ``(start, end, stock_start, stock_size)`` covering n points in order.
 
-    The CPU kernels give the same bits for any batch of 4 or more prompts, but not for
-    fewer, so a stock batch smaller than 4 is decoded as it is and larger ones are split
-    into chunks of ``chunk`` whose tail is never smaller than 4.
+    Each chunk lies inside one batch of the stock generator (``stock_batch`` points per
+    batch), which the decoder needs to reproduce the stock bits (see
+    :meth:`samlib.decoder.PointDecoder.decode_sparse`).
     """
-    chunk = max(chunk, 4)
     spans = []
     for s in range(0, n, stock_batch):
         e = min(s + stock_batch, n)
-        if e - s < 4 or chunk >= e - s:
-            spans.append((s, e))
-            continue
-        starts = list(range(s, e, chunk))
-        if e - starts[-1] < 4:
-            starts.pop()
-        spans += [(a, b) for a, b in zip(starts, starts[1:] + [e], strict=True)]
+        spans += [(a, min(a + chunk, e), s, e - s) for a in range(s, e, chunk)]
     return spans
 
 
@@ -193,19 +186,30 @@ def decode_candidates(
                 emb = compute_embedding(model, np.ascontiguousarray(crop))
         dec = PointDecoder(model, emb.features)
         points = grids[layer] * np.array(csize)[None, ::-1]
-        for s, e in _batches(len(points), params.points_per_batch, chunk):
+        for s, e, s0, n0 in _batches(len(points), params.points_per_batch, chunk):
             pts = points[s:e]
             coords = torch.as_tensor(transform.apply_coords(pts, csize), device=device)
-            low, iou = dec(coords)
-            iou = iou.flatten(0, 1)
-            keep = iou > iou_floor if iou_floor > 0 else torch.ones_like(iou, dtype=torch.bool)
-            idx = torch.nonzero(keep).flatten()
+            floor = iou_floor if iou_floor > 0 else None
+            low, iou, sel = dec.decode_points(coords, n0, s - s0, floor)
+            keep = iou[sel].flatten() > iou_floor if floor is not None else None
+            # candidate index = prompt * 3 + mask, in the stock order
+            idx = (sel[:, None] * 3 + torch.arange(3, device=sel.device)).flatten()
+            low = low.flatten(0, 1)
+            if keep is not None:
+                idx, low = idx[keep], low[keep]
+            iou = iou.flatten()
             if len(idx):
-                low = low.flatten(0, 1)[idx][:, None]
                 with torch.no_grad():
-                    logits = model.postprocess_masks(low, emb.input_size, emb.original_size)[:, 0]
+                    logits = model.postprocess_masks(
+                        low[:, None], emb.input_size, emb.original_size
+                    )[:, 0]
+                del low
                 stab = calculate_stability_score(logits, thr, params.stability_score_offset)
-                k2 = stab >= stability_floor if stability_floor > 0 else torch.ones_like(keep[idx])
+                k2 = (
+                    stab >= stability_floor
+                    if stability_floor > 0
+                    else torch.ones_like(stab, dtype=torch.bool)
+                )
                 logits, stab, idx = logits[k2], stab[k2], idx[k2]
                 binary = logits > thr
                 del logits

@@ -120,13 +120,31 @@ def test_point_decoder_is_bit_identical(sharp_sam):
 
 
 @pytest.mark.parametrize(("n", "stock", "chunk"), [(10, 64, 4), (65, 64, 8), (9, 3, 8), (30, 7, 3)])
-def test_decode_batches_cover_points_in_order(n, stock, chunk):
+def test_decode_chunks_cover_points_within_stock_batches(n, stock, chunk):
     spans = _batches(n, stock, chunk)
     assert spans[0][0] == 0 and spans[-1][1] == n
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
-    # a stock batch of fewer than 4 prompts is kept whole; no chunk is cut below 4
-    for s, e in spans:
-        assert e - s >= min(4, stock, n - s)
+    for s, e, s0, n0 in spans:
+        assert 0 < e - s <= chunk and s0 % stock == 0 and n0 == min(stock, n - s0)
+        assert s0 <= s and e <= s0 + n0
+
+
+def test_chunked_decode_equals_stock_batch(sharp_sam):
+    # the stock generator decodes 13 points at once; we decode them 1, 2 and 5 at a time
+    torch.manual_seed(3)
+    feats = torch.randn(1, 32, 16, 16)
+    pts = torch.rand(13, 2, dtype=torch.float64) * 256
+    pe = sharp_sam.prompt_encoder
+    with torch.no_grad():
+        sparse, dense = pe(
+            points=(pts[:, None], torch.ones(13, 1, dtype=torch.int)), boxes=None, masks=None
+        )
+        ref_m, ref_i = sharp_sam.mask_decoder(feats, pe.get_dense_pe(), sparse, dense, True)
+    dec = PointDecoder(sharp_sam, feats)
+    for chunk in (1, 2, 5):
+        parts = [dec(pts[s : s + chunk], 13, s) for s in range(0, 13, chunk)]
+        assert torch.equal(torch.cat([m for m, _ in parts]), ref_m)
+        assert torch.equal(torch.cat([i for _, i in parts]), ref_i)
 
 
 class CallCounter:
