@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -93,6 +94,29 @@ def download_file(
     if not url.startswith(("http://", "https://")):
         raise DownloadError(f"only http(s) downloads are supported, got {url!r}")
     dest = Path(dest)
+    # Two threads (e.g. two users of one app server) asking for the same file: the second
+    # waits and then finds the finished file instead of appending to the same .part.
+    with _lock_for(dest):
+        return _download_locked(url, dest, sha256, size, progress, timeout)
+
+
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_for(dest: Path) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(str(dest.resolve()), threading.Lock())
+
+
+def _download_locked(
+    url: str,
+    dest: Path,
+    sha256: str | None,
+    size: int | None,
+    progress: Progress | None,
+    timeout: float,
+) -> str:
     if dest.is_file():
         digest = _hash_existing(dest)[0].hexdigest()
         _check(digest, sha256, dest)

@@ -109,6 +109,22 @@ def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
     assert dest.read_bytes() == PAYLOAD
 
 
+def test_concurrent_downloads_fetch_once(server, tmp_path):
+    dest = tmp_path / "file.bin"
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(download_file(server.url, dest, sha256=SHA)))
+        for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [SHA] * 3
+    assert dest.read_bytes() == PAYLOAD
+    assert len(server.requests) == 1
+
+
 def test_checksum_mismatch_removes_file(server, tmp_path):
     dest = tmp_path / "file.bin"
     with pytest.raises(ChecksumError, match=SHA):
