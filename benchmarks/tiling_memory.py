@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tile-size", type=int, default=None)
     ap.add_argument("--halo", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--report-every", type=int, default=1, help="print every N tiles")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
-        if done == total or done % max(1, total // 10) == 0:
+        if done == total or done % args.report_every == 0:
             el = time.perf_counter() - t0
             print(f"  tile {done}/{total}  {el:.0f} s  peak RSS {peak_rss_mb():.0f} MB", flush=True)
 

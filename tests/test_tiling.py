@@ -361,3 +361,45 @@ def test_stitch_memory_does_not_hold_full_resolution_masks():
         tracemalloc.stop()
     assert len(recs) >= 200
     assert peak < 4_000_000, f"stitching peaked at {peak / 1e6:.1f} MB"
+
+
+# --- prompting on tiles ---------------------------------------------------------------------
+
+
+def test_tiled_prompt_matches_prompt_on_the_window_image(tiny_sam):
+    from samlib.embeddings import compute_embedding
+    from samlib.prompts import predict
+    from samlib.tiled_prompts import TiledEmbeddings, predict_tiled
+
+    img = colored_disks((300, 420), n=25, seed=4)
+    tiled = TiledEmbeddings.build(tiny_sam, img, tile_size=100, halo=30)
+    point = np.array([[250.0, 180.0]])  # core of tile (row 1, col 2)
+    res = predict_tiled(tiny_sam, tiled, points=point, labels=[1])
+    x0, y0, x1, y1 = res.tile.window
+    cx0, cy0, cx1, cy1 = res.tile.core
+    assert cx0 <= 250 < cx1 and cy0 <= 180 < cy1
+    assert list(tiled.embeddings) == [tiled.tiles.index(res.tile)], "only that tile encoded"
+    # The same prompt, shifted, on the window cut out as an image of its own.
+    crop = np.ascontiguousarray(img[y0:y1, x0:x1])
+    ref = predict(tiny_sam, compute_embedding(tiny_sam, crop), points=point - [x0, y0], labels=[1])
+    np.testing.assert_array_equal(res.scores, ref.scores[0])
+    for k in range(3):
+        full = res.mask(k)
+        assert full.shape == img.shape[:2]
+        assert np.array_equal(full[y0:y1, x0:x1], ref.masks[0, k])
+        assert not full[:y0].any() and not full[:, :x0].any()
+
+
+def test_tiled_prompt_box_picks_a_window_holding_it_and_rejects_wide_prompts(tiny_sam):
+    from samlib.errors import PromptError
+    from samlib.tiled_prompts import TiledEmbeddings, predict_tiled
+
+    img = colored_disks((300, 420), n=25, seed=4)
+    tiled = TiledEmbeddings.build(tiny_sam, img, tile_size=100, halo=30)
+    box = np.array([90.0, 80.0, 150.0, 130.0])  # straddles core borders
+    res = predict_tiled(tiny_sam, tiled, box=box, multimask=False)
+    x0, y0, x1, y1 = res.tile.window
+    assert x0 <= 90 and y0 <= 80 and 150 <= x1 and 130 <= y1
+    assert res.result.masks.shape == (1, 1, y1 - y0, x1 - x0)
+    with pytest.raises(PromptError, match="wider than one tile window"):
+        predict_tiled(tiny_sam, tiled, box=[0, 0, 400, 290])
