@@ -22,6 +22,7 @@ _API = {
     "to_rgb8": "samlib.io",
     "load_model": "samlib.models",
     "segment_everything": "samlib.everything",
+    "segment_everything_tiled": "samlib.tiling",
     "SamlibError": "samlib.errors",
 }
 
