@@ -37,16 +37,13 @@ class PromptedObject:
 
     def record(self) -> dict[str, Any]:
         """The workshop's seven-key mask record for this object (whole image as crop box)."""
-        rows, cols = np.nonzero(self.mask)
-        if rows.size:
-            bbox = [
-                int(cols.min()),
-                int(rows.min()),
-                int(cols.max() - cols.min() + 1),
-                int(rows.max() - rows.min() + 1),
-            ]
-        else:
-            bbox = [0, 0, 0, 0]
+        import torch
+        from segment_anything.utils.amg import batched_mask_to_box
+
+        # The same box rule as SamAutomaticMaskGenerator's records (XYXY of the extreme
+        # pixel indices, then XYWH), so both pages' tables and exports agree.
+        xyxy = batched_mask_to_box(torch.as_tensor(self.mask)[None])[0].tolist()
+        bbox = [int(v) for v in coords.xyxy_to_xywh(xyxy)]
         if len(self.points):
             point = [[float(v) for v in self.points[0]]]
         elif self.box is not None:
@@ -57,7 +54,7 @@ class PromptedObject:
         h, w = self.mask.shape
         return {
             "segmentation": self.mask,
-            "area": int(rows.size),
+            "area": int(self.mask.sum()),
             "bbox": bbox,
             "predicted_iou": float(self.predicted_iou),
             "point_coords": point,

@@ -319,3 +319,47 @@ def test_home_shows_every_sample_with_its_attribution(app_env, sample):
     at = with_sample(new_app(), sample)
     assert at.session_state[state.IMAGE].name
     assert any("Source:" in m.value for m in at.markdown)
+
+
+def test_a_model_that_is_not_downloaded_is_explained_not_a_crash(app_env):
+    at = seeded(new_app())
+    at.session_state[state.MODEL] = "vit_h"
+    at.switch_page("pages/everything.py").run()
+    assert not at.exception
+    message = " ".join(e.value for e in at.error)
+    assert "vit_h" in message and "not downloaded" in message
+    assert "Download it on the Image & model page" in message
+
+
+def test_download_failure_says_what_to_do(app_env, monkeypatch):
+    from samlib.errors import DownloadError
+
+    def offline(name, progress=None):
+        progress(0, 100)
+        raise DownloadError(f"cannot reach the server for {name}: offline")
+
+    monkeypatch.setattr("ui.model_ui.download_model", offline)
+    at = new_app().run()
+    at.selectbox(key="w_model_choice").set_value("vit_b").run()
+    assert any("Not downloaded yet" in w.value for w in at.warning)
+    at.button(key="download_vit_b").click().run()
+    assert not at.exception
+    message = " ".join(e.value for e in at.error)
+    assert "offline" in message and "copy the checkpoint file into the cache folder" in message
+
+
+def test_a_failed_run_keeps_the_earlier_results(app_env, monkeypatch):
+    from samlib.errors import ParameterError
+
+    at = run_everything_page(seeded(new_app()))
+    loosen(at)
+    count = metric(at, "After area filter")
+
+    def fails(*a, **k):
+        raise ParameterError("points_per_side must be in [1, 1024], got 0")
+
+    monkeypatch.setattr("samlib.everything.generate_candidates", fails)
+    at.button(key="run_everything").click().run()
+    assert not at.exception
+    assert any("points_per_side" in e.value for e in at.error)
+    assert metric(at, "After area filter") == count  # the previous run is still shown

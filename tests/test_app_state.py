@@ -1,0 +1,143 @@
+"""The app's UI-free logic: work images, prompted objects, everything runs, exports."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import tifffile
+from skimage.draw import disk
+
+from samlib.canvas import CanvasPrompts
+from samlib.embeddings import compute_embedding
+from samlib.errors import ParameterError
+from samlib.everything_run import area_filter, refilter_run, run_everything
+from samlib.image import as_image
+from samlib.objects import PromptedObject, mask_contains, predict_candidates, records_of
+from samlib.results import EXPORTS, export_makers, provenance, record_rows
+from samlib.session import DisplaySettings, estimate_encode_seconds, prepare_image
+from tests.conftest import make_disks
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
+RECORD_KEYS = {
+    "segmentation",
+    "area",
+    "bbox",
+    "predicted_iou",
+    "point_coords",
+    "stability_score",
+    "crop_box",
+}
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_prepare_image_renders_rgb_and_keeps_the_original(dtype):
+    img, labels = make_disks(dtype=dtype)
+    work = prepare_image(as_image(img, name="d.tif"), pixel_size_um=0.5, ground_truth=labels)
+    assert work.rgb8.shape == (*img.shape, 3) and work.rgb8.dtype == np.uint8
+    assert work.size_xy == (img.shape[1], img.shape[0])
+    assert work.intensities.dtype == dtype and work.intensities.shape == (*img.shape, 1)
+    assert work.rgb8[30, 40].min() > work.rgb8[0, 0].max()  # disk brighter than background
+    other = prepare_image(as_image(img), DisplaySettings(channels=(0, None, None)))
+    assert other.key != work.key
+
+
+def test_prepare_image_refuses_a_bad_pixel_size_and_drops_a_mismatched_reference():
+    img, labels = make_disks()
+    with pytest.raises(ParameterError, match="pixel size"):
+        prepare_image(as_image(img), pixel_size_um=-1.0)
+    assert prepare_image(as_image(img), ground_truth=labels[:10]).ground_truth is None
+
+
+def test_encode_estimate_grows_with_the_model_and_is_faster_on_gpu():
+    assert estimate_encode_seconds(91_000_000, "cpu") == pytest.approx(10.0, rel=0.1)
+    assert estimate_encode_seconds(636_000_000, "cpu") > estimate_encode_seconds(91e6, "cpu")
+    assert estimate_encode_seconds(91_000_000, "cuda") < 1.0
+
+
+def test_prompted_object_record_has_the_workshop_keys_and_true_bbox():
+    mask = np.zeros((50, 60), bool)
+    rr, cc = disk((20, 30), 8, shape=mask.shape)
+    mask[rr, cc] = True
+    obj = PromptedObject(mask, 0.9, 0.8, points=np.array([[30.5, 20.5]]), labels=np.array([1]))
+    rec = obj.record()
+    assert set(rec) == RECORD_KEYS
+    # SAM's record rule: XYWH from the extreme pixel indices (w = max col - min col)
+    assert rec["area"] == mask.sum() and rec["bbox"] == [cc.min(), rr.min(), 14, 14]
+    assert PromptedObject(np.zeros((5, 5), bool), 0, 0).record()["bbox"] == [0, 0, 0, 0]
+    assert rec["point_coords"] == [[30.5, 20.5]] and rec["crop_box"] == [0, 0, 60, 50]
+    boxed = PromptedObject(mask, 0.5, 0.5, box=(10.0, 4.0, 50.0, 36.0)).record()
+    assert boxed["point_coords"] == [[30.0, 20.0]]  # the box centre
+    assert mask_contains(mask, 30.2, 20.7) and not mask_contains(mask, 2.0, 2.0)
+    assert not mask_contains(mask, 70.0, 20.0)  # outside the image
+    assert len(records_of([obj, obj])) == 2
+
+
+def test_predict_candidates_points_and_several_boxes(tiny_sam):
+    img, _ = make_disks()
+    work = prepare_image(as_image(img))
+    emb = compute_embedding(tiny_sam, work.rgb8)
+    pts = CanvasPrompts(np.array([[40.0, 30.0]]), np.array([1]))
+    res = predict_candidates(tiny_sam, emb, pts, multimask=True)
+    assert res.masks.shape == (1, 3, 96, 128) and res.scores.shape == (1, 3)
+    assert np.all((res.stability >= 0) & (res.stability <= 1))
+    single = predict_candidates(tiny_sam, emb, pts, multimask=False)
+    assert single.masks.shape == (1, 1, 96, 128)
+    boxes = CanvasPrompts(boxes=np.array([[10.0, 10, 60, 50], [70, 30, 120, 90]]))
+    res = predict_candidates(tiny_sam, emb, boxes, multimask=True)
+    assert res.masks.shape[0] == 2 and res.best_masks().shape == (2, 96, 128)
+    objs = res.objects()
+    assert [o.box for o in objs] == [(10.0, 10.0, 60.0, 50.0), (70.0, 30.0, 120.0, 90.0)]
+    picked = res.objects(1)
+    assert picked[0].predicted_iou == pytest.approx(float(res.scores[0, 1]))
+
+
+def test_everything_run_refilters_and_area_filters_without_the_model(tiny_sam, monkeypatch):
+    img, _ = make_disks()
+    work = prepare_image(as_image(img))
+    run = run_everything(tiny_sam, work, {"points_per_side": 6}, iou_floor=0.0, stability_floor=0.0)
+    assert run.image_key == work.key and run.grid_points.shape == (36, 2)
+    assert run.grid_points.max(axis=0).tolist() < [128, 96]
+    monkeypatch.setattr(tiny_sam, "forward", None)  # any model call would now fail
+    monkeypatch.setattr("samlib.candidates.decode_candidates", None)
+    loose = refilter_run(run, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    strict = refilter_run(run, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.3)
+    assert len(strict.records) < len(loose.records) == run.n_candidates
+    lo, hi = loose.area_bounds(drop_whole_image=False)
+    mid = (lo + hi) / 2
+    half = area_filter(loose, (lo, mid), drop_whole_image=False)
+    assert half.keep.sum() == (loose.areas <= mid).sum()
+    assert set(half.status()) <= {"kept", "outside area range", "whole image"}
+    assert all(r["area"] <= mid for r in half.kept)
+
+
+def test_exports_round_trip_and_provenance(tiny_sam):
+    img, _ = make_disks()
+    work = prepare_image(as_image(img, name="disks.tif"), pixel_size_um=0.25)
+    masks = []
+    for r, c, rad in ((30, 40, 12), (60, 90, 18)):
+        m = np.zeros(img.shape, bool)
+        rr, cc = disk((r, c), rad, shape=m.shape)
+        m[rr, cc] = True
+        masks.append(m)
+    records = records_of([PromptedObject(m, 0.9, 0.95) for m in masks])
+    rows = record_rows(records)
+    assert [r["area"] for r in rows] == [int(m.sum()) for m in masks]
+    prov = provenance(work, tiny_sam, source="test", params={"multimask": True}, n_masks=2)
+    files = {k: make() for k, make in export_makers(work, records, prov).items()}
+    assert set(files) == set(EXPORTS)
+    labels = tifffile.imread(io.BytesIO(files["labels_tiff"]))
+    assert labels.dtype == np.uint16 and labels.max() == 2
+    assert np.array_equal(labels == 1, masks[0]) and np.array_equal(labels == 2, masks[1])
+    params = json.loads(files["params"])
+    assert params["parameters"] == {"multimask": True} and params["pixel_size_um"] == 0.25
+    assert params["image"]["name"] == "disks.tif"
+    csv = files["csv"].decode().splitlines()
+    assert len(csv) == 3 and "area_um2" in csv[0]
+    with zipfile.ZipFile(io.BytesIO(files["rois"])) as z:
+        assert len(z.namelist()) == 2
