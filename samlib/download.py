@@ -35,7 +35,7 @@ def _hash_existing(path: Path) -> tuple[hashlib._Hash, int]:
     return h, done
 
 
-def _open(url: str, start: int, timeout: float):
+def _open(url: str, start: int, timeout: float, dest: Path):
     headers = {"User-Agent": "samlib"}
     if start:
         headers["Range"] = f"bytes={start}-"
@@ -49,8 +49,8 @@ def _open(url: str, start: int, timeout: float):
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise DownloadError(
-            f"cannot reach {url} ({reason}); are you offline? Copy the file into the cache "
-            "folder by hand instead"
+            f"cannot reach {url} ({reason}); are you offline? You can also copy the "
+            f"file by hand to {dest}"
         ) from exc
 
 
@@ -125,12 +125,12 @@ def _download_locked(
     part = dest.with_name(dest.name + ".part")
     h, done = _hash_existing(part)
     try:
-        resp = _open(url, done, timeout)
+        resp = _open(url, done, timeout, dest)
     except _RangeNotSatisfiable:
         # The partial file is already complete (or larger than the remote file): restart.
         part.unlink(missing_ok=True)
         h, done = hashlib.sha256(), 0
-        resp = _open(url, 0, timeout)
+        resp = _open(url, 0, timeout, dest)
     with resp:
         status = getattr(resp, "status", 200)
         if done and status != 206:
