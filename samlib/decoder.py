@@ -139,12 +139,14 @@ class PointDecoder:
         if first:
             k, v = self.k0.expand(b, -1, -1), self.v0.expand(b, -1, -1)
         else:
-            k, v = a.k_proj(keys + self.key_pe), a.v_proj(keys)
+            # keys + key_pe is the same tensor in both cross attentions: add it once
+            kpe = keys + self.key_pe
+            k, v = a.k_proj(kpe), a.v_proj(keys)
         queries = layer.norm2(queries + self._attend(a, q, k, v, tok_q=True))
         queries = layer.norm3(queries + self._tok(layer.mlp, queries))
         a = layer.cross_attn_image_to_token
         qp = queries + query_pe
-        q = self.q0.expand(b, -1, -1) if first else a.q_proj(keys + self.key_pe)
+        q = self.q0.expand(b, -1, -1) if first else a.q_proj(kpe)
         k, v = self._tok(a.k_proj, qp), self._tok(a.v_proj, queries)
         attn_out = self._attend(a, q, k, v, tok_q=False)
         keys = layer.norm4((self.keys if first else keys) + attn_out)
