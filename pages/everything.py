@@ -26,6 +26,9 @@ with st.sidebar:
         width="stretch",
     )
 
+with st.expander("What each parameter does (workshop 3.2)"):
+    everything_ui.param_help_ui()
+
 run = st.session_state.get(state.EVERYTHING)
 if run_clicked:
     bar = st.progress(0.0, text="Computing the image embedding...")

@@ -170,7 +170,10 @@ def shot(pg, name: str, height: int = 860) -> None:
     size = pg.viewport_size
     if height != size["height"]:
         pg.set_viewport_size({"width": size["width"], "height": height})
-        pg.wait_for_timeout(1500)
+        pg.wait_for_timeout(1000)
+    idle(pg)
+    pg.wait_for_timeout(1000)
+    idle(pg)  # a freshly mounted canvas reports its size once, which reruns the page
     png = pg.screenshot()
     if height != size["height"]:
         pg.set_viewport_size(size)
@@ -216,6 +219,27 @@ def test_workshop_in_the_browser(page, checkpoint):
     # -- Image & model: the default sample is shown with its preview -----------------------
     pg.get_by_text("What SAM sees: dsb2018").wait_for()
     shot(pg, "home")
+
+    # -- uploads: a damaged file is explained, a 16-bit 2-channel TIFF is shown ------------
+    pg.get_by_text("Upload", exact=True).click()
+    idle(pg)
+    good = io.BytesIO()
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(
+        good, rng.integers(0, 4000, (2, 64, 80), dtype=np.uint16), metadata={"axes": "CYX"}
+    )
+    pg.locator('input[type="file"]').first.set_input_files(
+        files=[
+            {"name": "broken.tif", "mimeType": "image/tiff", "buffer": b"II*\x00garbage"},
+            {"name": "two_channels.tif", "mimeType": "image/tiff", "buffer": good.getvalue()},
+        ]
+    )
+    pg.get_by_text("Reading broken.tif failed").wait_for()
+    pg.get_by_text("What SAM sees: two_channels.tif").wait_for()
+    assert pg.get_by_text("R channel").count() == 1  # channel mapping for 2 channels
+    pg.get_by_text("Bundled sample", exact=True).click()
+    pg.get_by_text("What SAM sees: dsb2018").wait_for()
+    idle(pg)
 
     # -- System check: versions and a passing self-test ------------------------------------
     go(pg, "System check", "System check")

@@ -123,6 +123,22 @@ def generator_params_ui() -> dict[str, Any]:
     return p
 
 
+def param_help_ui() -> None:
+    """A table of every generator parameter: default, what it does, and whether it is live."""
+    live = {"pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"}
+    rows = [
+        {
+            "parameter": name,
+            "default": str(getattr(DEFAULTS, name)),
+            "applies": "live (no re-run)" if name in live else "on Run",
+            "effect": text,
+        }
+        for name, text in PARAM_HELP.items()
+        if name != "point_grids"
+    ]
+    st.dataframe(rows, hide_index=True, width="stretch", key="param_help")
+
+
 def filter_ui(run: EverythingRun) -> dict[str, float]:
     """Live quality and duplicate filters (no model run); return their values."""
     h = PARAM_HELP
