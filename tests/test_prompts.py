@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -159,6 +160,30 @@ def test_all_candidates_and_best(scene):
     assert np.array_equal(both.scores[0, :1], single.scores[0])
     best = multi.best_masks[0]
     assert np.array_equal(best, multi.masks[0, int(np.argmax(multi.scores[0]))])
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "fast"])
+def test_cache_follows_in_place_weight_changes(tiny_sam, exact):
+    model = copy.deepcopy(tiny_sam)
+    rgb = np.random.default_rng(1).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    emb = compute_embedding(model, rgb)
+    prompt = dict(points=[[20.0, 10.0]], labels=[1])
+    before = predict(model, emb, exact=exact, **prompt)
+    with torch.no_grad():  # e.g. an optimizer step on the decoder and prompt encoder
+        for p in [*model.mask_decoder.parameters(), *model.prompt_encoder.parameters()]:
+            p.mul_(1.01)
+        model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(1.01)
+    after = predict(model, emb, exact=True, **prompt)
+    pred = SamPredictor(model)
+    pred.features, pred.is_image_set = emb.features, True
+    pred.original_size, pred.input_size = emb.original_size, emb.input_size
+    _, scores, low = _stock(pred, prompt, True)
+    assert not np.array_equal(before.low_res_logits, after.low_res_logits)
+    assert np.array_equal(after.low_res_logits[0], low) and np.array_equal(after.scores[0], scores)
+    if not exact:
+        fast = predict(model, emb, **prompt)
+        scale = max(1.0, float(np.abs(low).max()))
+        np.testing.assert_allclose(fast.low_res_logits[0], low, rtol=0, atol=1e-5 * scale)
 
 
 def test_embedding_is_not_mutated(scene):
