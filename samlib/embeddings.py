@@ -132,7 +132,9 @@ def image_hash(rgb8: np.ndarray) -> str:
 
 # Models without a recorded checkpoint hash (built in memory) are keyed by a hash of
 # their weights, computed once per model object.
-_MODEL_KEYS: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+_MODEL_KEYS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, str]] = (
+    weakref.WeakKeyDictionary()
+)
 _MODEL_KEYS_LOCK = threading.Lock()
 
 
@@ -141,17 +143,19 @@ def model_key(model: Sam) -> str:
     info = getattr(model, "samlib_info", None)
     if info is not None and getattr(info, "sha256", None):
         return f"sha256:{info.sha256}"
+    # In-place changes (an optimizer step, load_state_dict) bump tensor versions.
+    version = sum(t._version for t in model.state_dict().values())
     with _MODEL_KEYS_LOCK:
         cached = _MODEL_KEYS.get(model)
-    if cached is not None:
-        return cached
+    if cached is not None and cached[0] == version:
+        return cached[1]
     h = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
     key = f"weights:{h.hexdigest()}"
     with _MODEL_KEYS_LOCK:
-        _MODEL_KEYS[model] = key
+        _MODEL_KEYS[model] = (version, key)
     return key
 
 

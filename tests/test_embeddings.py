@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import numpy as np
@@ -112,6 +113,16 @@ def test_other_model_other_key(tiny_sam):
     cache.get(tiny_sam, rgb)
     cache.get(other, rgb)
     assert enc.calls == 2
+
+
+def test_key_follows_in_place_weight_changes(tiny_sam):
+    model = copy.deepcopy(tiny_sam)
+    rgb = _rgb((32, 32))
+    before = embedding_key(model, rgb)
+    assert embedding_key(model, rgb) == before
+    with torch.no_grad():
+        next(model.image_encoder.parameters()).add_(1.0)
+    assert embedding_key(model, rgb) != before
 
 
 def test_lru_evicts_oldest(tiny_sam):
