@@ -235,6 +235,27 @@ def test_objects_across_borders_come_out_once(oracle, mode):
         assert same[0]["bbox"][:2] == [cols.min(), rows.min()]
 
 
+@pytest.mark.parametrize(("tile", "halo"), [(100, 24), (64, 16), (128, 8)])
+def test_real_nuclei_layout_each_object_once(oracle, monkeypatch, tile, halo):
+    # The DSB2018 reference nuclei, split into connected objects, through the stitcher.
+    from samlib.samples import load_sample
+
+    monkeypatch.setattr(tiling, "default_tiling", lambda model: (tile, halo))
+    _, labels, _ = load_sample("dsb2018")
+    objects = label(labels > 0)
+    rgb = np.zeros((*labels.shape, 3), np.uint8)
+    rgb[labels > 0] = 255
+    recs = segment_everything_tiled(None, rgb, output_mode="coco_rle")
+    assert len(oracle) > 4
+    assert len(recs) == objects.max()
+    # Each record is exactly one object: all of its pixels and nothing else.
+    ids = [np.unique(objects[record_mask(r)]) for r in recs]
+    assert all(len(i) == 1 and i[0] > 0 for i in ids)
+    assert sorted(int(i[0]) for i in ids) == list(range(1, objects.max() + 1))
+    sizes = np.bincount(objects.ravel())
+    assert all(r["area"] == sizes[i[0]] for r, i in zip(recs, ids, strict=True))
+
+
 def test_small_halo_loses_whole_view_but_merges_pieces(oracle, monkeypatch):
     # Halo 5 < radius: the disk on the core corner is whole in no window; its cut
     # pieces are merged into the full disk.
