@@ -31,9 +31,19 @@ from samlib.everything import _check_rgb8, segment_everything
 from samlib.genparams import GeneratorParams
 from samlib.stitch import Piece, Tile, piece_record, pieces_from_records, stitch_pieces
 
-__all__ = ["Tile", "default_tiling", "segment_everything_tiled", "tile_layout"]
+__all__ = ["TILING_HELP", "Tile", "default_tiling", "segment_everything_tiled", "tile_layout"]
 
 TileProgress = Callable[[int, int], None]
+
+TILING_HELP: dict[str, str] = {
+    "tile_size": "Side of the image block each tile is responsible for, in pixels. With the "
+    "default, each tile plus its halo is exactly the model's input size, so the image is "
+    "segmented at full resolution.",
+    "halo": "Context added around each tile, in pixels. Make it larger than your objects' "
+    "radius, so that every object is seen whole by at least one tile.",
+    "tile_iou_thresh": "Two masks from neighbouring tiles that overlap more than this (mask "
+    "IoU, where both tiles saw the image) are the same object and are kept once.",
+}
 
 
 def default_tiling(model: Sam) -> tuple[int, int]:
