@@ -151,7 +151,11 @@ def segment_everything_tiled(
     rgb8 = _check_rgb8(rgb8)
     output_mode = params.pop("output_mode", "coco_rle")
     GeneratorParams.from_kwargs(output_mode=output_mode, **params)  # fail before any work
-    if not 0.0 <= float(tile_iou_thresh) <= 1.0:
+    if (
+        isinstance(tile_iou_thresh, bool)
+        or not isinstance(tile_iou_thresh, (int, float, np.floating, np.integer))
+        or not 0.0 <= float(tile_iou_thresh) <= 1.0
+    ):
         raise ParameterError(f"tile_iou_thresh must be in [0, 1], got {tile_iou_thresh!r}")
     d_tile, d_halo = default_tiling(model)
     tile_size = d_tile if tile_size is None else tile_size

@@ -142,7 +142,13 @@ def test_default_tiling_windows_are_the_model_input(tiny_sam):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(tile_size=0), dict(halo=-1), dict(tile_size=1.5), dict(tile_iou_thresh=1.5)],
+    [
+        dict(tile_size=0),
+        dict(halo=-1),
+        dict(tile_size=1.5),
+        dict(tile_iou_thresh=1.5),
+        dict(tile_iou_thresh="high"),
+    ],
 )
 def test_bad_tiling_parameters_raise(tiny_sam, kwargs):
     with pytest.raises(ParameterError):
