@@ -315,10 +315,10 @@ def test_workshop_in_the_browser(page, checkpoint):
     idle(pg)
     row = next(r for r in prompt_table(pg) if r[0] == "box")
     assert np.allclose(row[1:], box, atol=2.0), row
+    shot(pg, "prompts", height=1500)
     pg.get_by_role("button", name="Add to objects").click()
     pg.get_by_role("heading", name="Objects: 2").wait_for()
     idle(pg)
-    shot(pg, "prompts", height=1500)
 
     # -- the label TIFF holds both objects, the clicked one where it was clicked ----------
     pg.get_by_role("tab", name="Downloads").click()
@@ -340,6 +340,13 @@ def test_workshop_in_the_browser(page, checkpoint):
     # -- Examples & about -----------------------------------------------------------------
     go(pg, "Examples & about", "Examples & about")
     shot(pg, "about")
+
+    # -- a second user (another browser session) sees none of this -------------------------
+    other = pg.context.browser.new_context().new_page()
+    other.goto(pg.url.rsplit("/", 1)[0] + "/prompts")
+    other.get_by_text("No image yet").wait_for()
+    assert other.get_by_text("Objects:").count() == 0
+    other.context.close()
 
 
 def prompt_table(pg) -> list[list]:

@@ -189,6 +189,13 @@ def filter_ui(run: EverythingRun) -> dict[str, float]:
                 step=0.01,
                 help=h["crop_nms_thresh"],
             )
+    floors = run.candidates.iou_floor, run.candidates.stability_floor
+    if f["pred_iou_thresh"] < floors[0] or f["stability_score_thresh"] < floors[1]:
+        st.caption(
+            f"This run kept candidates down to pred_iou {floors[0]:.2f} and stability "
+            f"{floors[1]:.2f}; lower values act as those. Lower the floors in the sidebar "
+            "and run again to see more."
+        )
     return f
 
 

@@ -151,7 +151,7 @@ def results_tabs_ui(
         with state.guard("Preparing downloads"):
             downloads_ui(work, records, key, prov)
     if work.ground_truth is not None:
-        with tabs[5]:
+        with tabs[5], state.guard("Comparing with the reference"):
             evaluation_ui(work, records)
 
 
