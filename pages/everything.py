@@ -38,8 +38,10 @@ if run_clicked:
 
     with state.guard("Segment everything"):
         emb = state.embedding_ui(model, work)
-        floors = {k: params.pop(k) for k in ("iou_floor", "stability_floor")}
-        run = run_everything(model, work, params, **floors, embedding=emb, progress=progress)
+        extra = {k: params.pop(k) for k in ("iou_floor", "stability_floor", "fast")}
+        if extra["fast"]:  # fast mode decodes at the current live thresholds
+            params.update(everything_ui.current_thresholds())
+        run = run_everything(model, work, params, **extra, embedding=emb, progress=progress)
         st.session_state[state.EVERYTHING] = run
     bar.empty()
 

@@ -54,14 +54,17 @@ def run_everything(
     *,
     iou_floor: float | None = None,
     stability_floor: float | None = None,
+    fast: bool = False,
     embedding=None,
     progress=None,
 ) -> EverythingRun:
     """Decode every grid prompt once (the expensive part of segment everything).
 
-    ``params`` are :class:`~samlib.genparams.GeneratorParams` fields that need the model
-    (grid, crops, stability offset, points_per_batch, min_mask_region_area, output_mode).
+    ``params`` are :class:`~samlib.genparams.GeneratorParams` fields (grid, crops,
+    stability offset, points_per_batch, min_mask_region_area, output_mode).
     ``iou_floor``/``stability_floor`` are the lowest thresholds the live filters may use.
+    ``fast=True`` uses the approximate fast mode (:mod:`samlib.fastmode`): it decodes at
+    the thresholds in ``params``, which then are the floors.
     """
     import time
 
@@ -70,20 +73,30 @@ def run_everything(
 
     p = GeneratorParams.from_kwargs(**params)
     t0 = time.perf_counter()
-    cands = generate_candidates(
-        model,
-        work.rgb8,
-        p,
-        iou_floor=iou_floor,
-        stability_floor=stability_floor,
-        embedding=embedding,
-        progress=progress,
-    )
+    if fast:
+        from samlib.fastmode import fast_candidates
+
+        cands = fast_candidates(model, work.rgb8, p, embedding=embedding, progress=progress)
+    else:
+        cands = generate_candidates(
+            model,
+            work.rgb8,
+            p,
+            iou_floor=iou_floor,
+            stability_floor=stability_floor,
+            embedding=embedding,
+            progress=progress,
+        )
     seconds = time.perf_counter() - t0
     w, h = work.size_xy
     grid = p.grids()[0] * np.array([w, h], dtype=float)
     info = getattr(model, "samlib_info", None)
-    record = {**p.to_dict(), "iou_floor": cands.iou_floor, "stability_floor": cands.stability_floor}
+    record = {
+        **p.to_dict(),
+        "iou_floor": cands.iou_floor,
+        "stability_floor": cands.stability_floor,
+        "fast_mode": fast,
+    }
     return EverythingRun(
         work.key,
         getattr(info, "name", "model"),

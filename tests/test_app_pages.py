@@ -363,3 +363,15 @@ def test_a_failed_run_keeps_the_earlier_results(app_env, monkeypatch):
     assert not at.exception
     assert any("points_per_side" in e.value for e in at.error)
     assert metric(at, "After area filter") == count  # the previous run is still shown
+
+
+def test_everything_fast_mode_runs_and_records_it(app_env):
+    at = seeded(new_app())
+    at.switch_page("pages/everything.py").run()
+    at.slider(key="w_points_per_side").set_value(8)
+    at.toggle(key="w_fast_mode").set_value(True)
+    at.button(key="run_everything").click().run()
+    no_errors(at)
+    run = at.session_state[state.EVERYTHING]
+    assert run.params["fast_mode"] is True
+    assert run.params["pred_iou_thresh"] == pytest.approx(0.88)  # decoded at the live values

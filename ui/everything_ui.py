@@ -94,6 +94,14 @@ def generator_params_ui() -> dict[str, Any]:
             options=list(OUTPUT_MODES),
             help=h["output_mode"],
         )
+    p["fast"] = state.kept(
+        st.toggle,
+        "Fast mode (approximate)",
+        "fast_mode",
+        False,
+        help="Several times faster: skips grid points inside masks already found. May find "
+        "fewer masks than the exact generator; live filters can then only get stricter.",
+    )
     with st.expander("Live-filter floors"):
         p["iou_floor"] = state.kept(
             st.number_input,
@@ -137,6 +145,12 @@ def param_help_ui() -> None:
         if name != "point_grids"
     ]
     st.dataframe(rows, hide_index=True, width="stretch", key="param_help")
+
+
+def current_thresholds() -> dict[str, float]:
+    """The live-filter values the user last set (the workshop's defaults before any)."""
+    names = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh")
+    return {n: float(st.session_state.get(n, getattr(DEFAULTS, n))) for n in names}
 
 
 def filter_ui(run: EverythingRun) -> dict[str, float]:
