@@ -180,7 +180,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="compare a predicted label image with ground truth")
     p.add_argument("pred")
     p.add_argument("gt")
+
+    # Subcommands with their own argument parsers (see DELEGATED); listed here for --help.
+    for name, (_module, text) in DELEGATED.items():
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
+
+
+#: Subcommands implemented by ``main(argv)`` functions of other modules.
+DELEGATED = {
+    "train": ("samlib.train", "fine-tune a model on images with instance labels"),
+    "evaluate-model": (
+        "samlib.benchmark_model",
+        "score a model on an image with ground truth (point, box and everything metrics)",
+    ),
+}
 
 
 # -- shared steps ---------------------------------------------------------------------
@@ -195,6 +210,11 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        from importlib import import_module
+
+        return import_module(DELEGATED[argv[0]][0]).main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -237,6 +237,20 @@ def test_download_shows_progress(scene, capsys, monkeypatch):
     assert "100.0%" in err and "cli_test" in err
 
 
+@pytest.mark.parametrize(
+    "command, module", [("train", "samlib.train"), ("evaluate-model", "samlib.benchmark_model")]
+)
+def test_delegated_subcommands(monkeypatch, command, module):
+    import importlib
+
+    seen = []
+    monkeypatch.setattr(
+        importlib.import_module(module), "main", lambda argv: seen.append(argv) or 7
+    )
+    assert main([command, "a.tif", "--model", "x"]) == 7
+    assert seen == [["a.tif", "--model", "x"]]
+
+
 def test_module_entry_point_exit_status(scene, tiny_checkpoint):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
