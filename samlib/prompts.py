@@ -1,10 +1,18 @@
 """Masks from prompts (points, boxes, a previous mask) on a cached image embedding.
 
-:func:`predict` returns the same masks, scores and low-resolution logits as
-``SamPredictor.predict`` for the same inputs, bit for bit, but takes the embedding as an
-argument (no shared predictor state) and is faster: the image-only part of the decoder is
-computed once per embedding (see :mod:`samlib.prompt_decoder`) and only the returned
-masks are upsampled, over the padded-away area skipped.
+:func:`predict` takes the embedding as an argument (no shared predictor state, so two
+users can prompt different images at once) and mirrors ``SamPredictor.predict``:
+
+- ``exact=True``: masks, scores and low-resolution logits bit-identical to
+  ``SamPredictor.predict``, faster because the image-only part of the decoder is computed
+  once per embedding (:mod:`samlib.prompt_decoder`);
+- default: the reorganised decoder of :mod:`samlib.fast_decoder`, several times faster
+  than stock; its logits differ by rounding (about 1e-6 of their range), so a mask pixel
+  can differ only where the stock logit is itself within rounding of the threshold
+  (measured: 2 of 23.6 million pixels over 30 prompts).
+
+In both modes only the returned masks are upsampled, with the stock bilinear kernels
+(bit-identical to ``Sam.postprocess_masks``), skipping the padded-away area.
 """
 
 from __future__ import annotations
@@ -206,15 +214,21 @@ def predict(
         Return all four decoder outputs (the single-mask output first), overriding
         ``multimask``.
     exact : bool
-        Run the decoder operation for operation as ``segment_anything`` does, so logits
-        and scores are bit-identical to ``SamPredictor.predict``. The default runs a
-        reorganised decoder (:mod:`samlib.fast_decoder`) that is several times faster;
-        its logits differ by rounding only (about 1e-6), which leaves the masks the same.
+        Run the decoder operation for operation as ``segment_anything`` does, so logits,
+        scores and masks are bit-identical to ``SamPredictor.predict``. The default runs
+        a reorganised decoder (:mod:`samlib.fast_decoder`) that is several times faster;
+        its logits differ by rounding only (about 1e-6 of their range).
 
     Returns
     -------
     PromptResult
-        Identical to ``SamPredictor.predict`` (per box) for the same inputs.
+        One prompt set per box (all ``points`` go with every box), as
+        ``SamPredictor.predict`` returns for that box.
+
+    Raises
+    ------
+    PromptError
+        Malformed points, labels, boxes or mask input, or prompts outside the image.
     """
     original_size = tuple(embedding.original_size)
     mask_size = tuple(4 * s for s in model.prompt_encoder.image_embedding_size)
