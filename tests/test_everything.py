@@ -246,3 +246,24 @@ def test_point_grids_and_help():
     assert GeneratorParams().grids()[0].shape == (32 * 32, 2)
     fields = set(GeneratorParams.__dataclass_fields__)
     assert set(PARAM_HELP) == fields
+
+
+def test_full_resolution_masks_never_stacked(sharp_sam, monkeypatch):
+    # memory must not grow with the number of candidates: at most one decode chunk of
+    # full-resolution logits exists at a time, and candidates are kept as run lengths
+    seen = []
+    original = sharp_sam.postprocess_masks
+
+    def spy(masks, input_size, original_size):
+        seen.append(masks.shape[0])
+        return original(masks, input_size, original_size)
+
+    monkeypatch.setattr(sharp_sam, "postprocess_masks", spy)
+    from samlib.candidates import decode_candidates
+
+    params = GeneratorParams(points_per_side=8, points_per_batch=64)
+    cands = decode_candidates(
+        sharp_sam, colored_disks(), params, iou_floor=0.0, stability_floor=0.0, chunk=8
+    )
+    assert len(cands) == 3 * 64 and len(seen) == 8 and max(seen) <= 3 * 8
+    assert all(isinstance(r, np.ndarray) and r.ndim == 1 for r in cands.rles)
