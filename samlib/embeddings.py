@@ -186,6 +186,10 @@ class EmbeddingCache:
     encoder : callable, optional
         ``encoder(model, rgb8, key=...) -> Embedding``; defaults to
         :func:`compute_embedding`. Lets a faster, equivalent encoder be plugged in.
+    max_disk_bytes : int or None
+        After each write, the least recently used entries are deleted until the disk
+        cache is at most this size (default 2 GiB, about 500 vit_b embeddings); ``None``
+        keeps everything.
     """
 
     def __init__(
@@ -193,11 +197,13 @@ class EmbeddingCache:
         directory: str | os.PathLike[str] | None = None,
         max_items: int = 8,
         encoder: Callable[..., Embedding] | None = None,
+        max_disk_bytes: int | None = 2 * 1024**3,
     ) -> None:
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
         self.directory = Path(directory) if directory is not None else None
         self.max_items = int(max_items)
+        self.max_disk_bytes = max_disk_bytes
         self.encoder = encoder or compute_embedding
         self._memory: OrderedDict[str, Embedding] = OrderedDict()
         self._lock = threading.Lock()
@@ -289,6 +295,10 @@ class EmbeddingCache:
         except (OSError, ValueError, KeyError):
             # A damaged cache file is not an error: it is recomputed and overwritten.
             return None
+        try:
+            os.utime(npz)  # pruning deletes the least recently used entries first
+        except OSError:
+            pass
         return Embedding(
             features=features.to(device),
             original_size=tuple(meta["original_size"]),
@@ -323,3 +333,25 @@ class EmbeddingCache:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
+        self._prune(keep=emb.key)
+
+    def _prune(self, keep: str) -> None:
+        """Delete the oldest disk entries beyond ``max_disk_bytes`` (never ``keep``)."""
+        if self.max_disk_bytes is None or self.directory is None:
+            return
+        entries = []
+        for npz in self.directory.glob("*.npz"):
+            try:
+                st = npz.stat()
+            except OSError:  # removed meanwhile by another process
+                continue
+            entries.append((st.st_mtime_ns, st.st_size, npz))
+        total = sum(size for _, size, _ in entries)
+        for _, size, npz in sorted(entries):
+            if total <= self.max_disk_bytes:
+                break
+            if npz.stem == keep:
+                continue
+            npz.unlink(missing_ok=True)
+            npz.with_suffix(".json").unlink(missing_ok=True)
+            total -= size

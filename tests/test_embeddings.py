@@ -94,6 +94,15 @@ def test_default_cache_dir_follows_env(tmp_path, monkeypatch):
     assert default_cache_dir() == tmp_path / "embeddings"
 
 
+def test_disk_cache_is_pruned_oldest_first(tiny_sam, tmp_path):
+    one = EmbeddingCache(tmp_path).get(tiny_sam, _rgb((30, 30), seed=0))
+    size = (tmp_path / f"{one.key}.npz").stat().st_size
+    cache = EmbeddingCache(tmp_path, max_disk_bytes=int(2.5 * size))
+    keys = [cache.get(tiny_sam, _rgb((30, 30), seed=s)).key for s in (1, 2)]
+    assert sorted(p.stem for p in tmp_path.glob("*.npz")) == sorted(keys)
+    assert sorted(p.stem for p in tmp_path.glob("*.json")) == sorted(keys)
+
+
 def test_damaged_disk_entry_is_recomputed(tiny_sam, tmp_path):
     rgb = _rgb((40, 40))
     emb = EmbeddingCache(tmp_path).get(tiny_sam, rgb)
