@@ -166,7 +166,16 @@ RECORD_COLUMNS = [
 ]
 
 
-def record_table(at: AppTest):
+def open_tab(at: AppTest, page_key: str, name: str) -> AppTest:
+    """Open a result tab (only the open tab's content runs)."""
+    at.session_state[f"w_tabs_{page_key}"] = name
+    at.run()
+    no_errors(at)
+    return at
+
+
+def record_table(at: AppTest, page_key: str = "everything"):
+    open_tab(at, page_key, "Records")
     return next(df.value for df in at.dataframe if "segmentation" in df.value.columns)
 
 
@@ -224,6 +233,8 @@ def test_everything_area_slider_changes_the_count_and_tables(app_env):
     records = record_table(at)
     assert list(records.columns) == RECORD_COLUMNS
     assert len(records) == after and records["area"].between(lo, cut).all()
+    assert not any("perimeter" in df.value.columns for df in at.dataframe)  # not measured yet
+    open_tab(at, "everything", "Measurements")
     measured = next(df.value for df in at.dataframe if "perimeter" in df.value.columns)
     assert {
         "id",
@@ -264,7 +275,7 @@ def test_prompts_point_gives_three_candidates_and_objects_accumulate(app_env):
     prompt_with_typed_point(at, 90.0, 60.0)
     at.button(key="add_object").click().run()
     assert len(objects) == 2
-    records = record_table(at)
+    records = record_table(at, "prompts")
     assert len(records) == 2 and list(records.columns) == RECORD_COLUMNS
     assert np.vstack(records["point_coords"].iloc[1]).tolist() == [[90.0, 60.0]]
     at.button(key="undo_object").click().run()
@@ -365,13 +376,28 @@ def test_a_failed_run_keeps_the_earlier_results(app_env, monkeypatch):
     assert metric(at, "After area filter") == count  # the previous run is still shown
 
 
+@pytest.mark.slow
 def test_everything_fast_mode_runs_and_records_it(app_env):
     at = seeded(new_app())
     at.switch_page("pages/everything.py").run()
-    at.slider(key="w_points_per_side").set_value(8)
+    at.slider(key="w_points_per_side").set_value(4)
     at.toggle(key="w_fast_mode").set_value(True)
     at.button(key="run_everything").click().run()
     no_errors(at)
     run = at.session_state[state.EVERYTHING]
     assert run.params["fast_mode"] is True
     assert run.params["pred_iou_thresh"] == pytest.approx(0.88)  # decoded at the live values
+
+
+@pytest.mark.slow
+def test_everything_on_a_sample_with_reference_shows_the_evaluation(app_env):
+    at = run_everything_page(with_sample(new_app()))  # DSB2018: 125 reference nuclei
+    loosen(at)
+    at.checkbox(key="w_drop_whole_image").uncheck().run()
+    no_errors(at)
+    open_tab(at, "everything", "Compare with reference")
+    labels = [m.label for m in at.metric]
+    assert {"precision", "recall", "f1", "ap", "mean matched iou"} <= set(labels)
+    table = next(df.value for df in at.dataframe if "threshold" in df.value.columns)
+    assert table["threshold"].tolist()[0] == 0.5 and len(table) == 10
+    assert (table["tp"] + table["fn"] == 125).all()

@@ -18,6 +18,18 @@ from ui import state
 LAYERS = ["masks", "outlines", "boxes", "grid points"]
 
 
+def _memo(kind: str, sig: tuple, compute):
+    """Reuse the last ``kind`` result of this session while ``sig`` is unchanged.
+
+    Every widget change reruns the page; without this, each rerun would re-measure,
+    re-draw and re-evaluate hundreds of masks.
+    """
+    store = st.session_state.setdefault("_views", {})
+    if kind not in store or store[kind][0] != sig:
+        store[kind] = (sig, compute())
+    return store[kind][1]
+
+
 def zoomable(rgb: np.ndarray, key: str, height: int = 620) -> None:
     """Show an RGB image in a Plotly view the user can zoom and pan (scroll, drag)."""
     fig = px.imshow(rgb, binary_string=True)
@@ -45,13 +57,18 @@ def overlay_ui(
         )
         or []
     )
-    view = overlay.render(
-        work.rgb8,
-        records,
-        masks="masks" in layers,
-        outlines="outlines" in layers,
-        boxes="boxes" in layers,
-        points=grid_points if "grid points" in layers else None,
+    sig = (_signature(work, records), tuple(layers), grid_points is None)
+    view = _memo(
+        f"overlay_{key}",
+        sig,
+        lambda: overlay.render(
+            work.rgb8,
+            records,
+            masks="masks" in layers,
+            outlines="outlines" in layers,
+            boxes="boxes" in layers,
+            points=grid_points if "grid points" in layers else None,
+        ),
     )
     zoomable(view, key=f"view_{key}")
 
@@ -64,7 +81,11 @@ def gallery_ui(work: WorkImage, records: Sequence[Mapping[str, Any]], key: str) 
         return
     show = st.slider("How many", 1, n, min(n, 24), key=f"w_gallery_n_{key}") if n > 1 else 1
     order = np.argsort([-r["area"] for r in records], kind="stable")[:show]
-    crops = overlay.instance_crops(work.rgb8, [records[i] for i in order])
+    crops = _memo(
+        f"gallery_{key}",
+        (_signature(work, records), show),
+        lambda: overlay.instance_crops(work.rgb8, [records[i] for i in order]),
+    )
     cols = st.columns(6)
     for j, (i, crop) in enumerate(zip(order, crops, strict=True)):
         with cols[j % 6]:
@@ -127,31 +148,44 @@ def results_tabs_ui(
     names = ["Overlay", "Records", "Measurements", "Gallery", "Downloads"]
     if work.ground_truth is not None:
         names.append("Compare with reference")
-    tabs = st.tabs(names)
-    with tabs[0]:
-        overlay_ui(work, records, key, grid_points)
-    with tabs[1]:
-        st.dataframe(
-            pd.DataFrame(record_rows(records)),
-            hide_index=True,
-            width="stretch",
-            key=f"records_{key}",
-        )
-    with tabs[2]:
-        with state.guard("Measuring"):
-            table = measure.measure_records(
-                records, work.image, plane=work.settings.plane, pixel_size_um=work.pixel_size_um
+    # Only the open tab runs: measuring or evaluating hundreds of masks on every slider move
+    # would make the live filters anything but live.
+    tabs = dict(zip(names, st.tabs(names, key=f"w_tabs_{key}", on_change="rerun"), strict=True))
+    if tabs["Overlay"].open:
+        with tabs["Overlay"]:
+            overlay_ui(work, records, key, grid_points)
+    if tabs["Records"].open:
+        with tabs["Records"]:
+            st.dataframe(
+                pd.DataFrame(record_rows(records)),
+                hide_index=True,
+                width="stretch",
+                key=f"records_{key}",
+            )
+    if tabs["Measurements"].open:
+        with tabs["Measurements"], st.spinner("Measuring..."), state.guard("Measuring"):
+            table = _memo(
+                f"measure_{key}",
+                _signature(work, records),
+                lambda: measure.measure_records(
+                    records,
+                    work.image,
+                    plane=work.settings.plane,
+                    pixel_size_um=work.pixel_size_um,
+                ),
             )
             st.dataframe(table, hide_index=True, width="stretch", key=f"measure_{key}")
-    with tabs[3]:
-        gallery_ui(work, records, key)
-    with tabs[4]:
-        model = state.get_model()
-        prov = provenance(work, model, source=source, params=params, n_masks=len(records))
-        with state.guard("Preparing downloads"):
-            downloads_ui(work, records, key, prov)
-    if work.ground_truth is not None:
-        with tabs[5], state.guard("Comparing with the reference"):
+    if tabs["Gallery"].open:
+        with tabs["Gallery"]:
+            gallery_ui(work, records, key)
+    if tabs["Downloads"].open:
+        with tabs["Downloads"]:
+            model = state.get_model()
+            prov = provenance(work, model, source=source, params=params, n_masks=len(records))
+            with state.guard("Preparing downloads"):
+                downloads_ui(work, records, key, prov)
+    if "Compare with reference" in tabs and tabs["Compare with reference"].open:
+        with tabs["Compare with reference"], state.guard("Comparing with the reference"):
             evaluation_ui(work, records)
 
 
@@ -160,8 +194,11 @@ def evaluation_ui(work: WorkImage, records: Sequence[Mapping[str, Any]]) -> None
     from samlib import evaluate
     from samlib.masks import labels_from_records
 
-    pred = labels_from_records(records, shape=work.rgb8.shape[:2])
-    result = evaluate.evaluate(pred, work.ground_truth)
+    def compute():
+        pred = labels_from_records(records, shape=work.rgb8.shape[:2])
+        return evaluate.evaluate(pred, work.ground_truth)
+
+    result = _memo("evaluation", _signature(work, records), compute)
     summary = result.summary()
     cols = st.columns(5)
     for col, name in zip(
