@@ -47,7 +47,9 @@ with right:
     if prompts.empty:
         st.info("Click on an object in the image, or drag a box around it.")
     else:
-        st.table(pd.DataFrame(prompts.as_rows()).fillna(""), hide_index=True)
+        st.table(
+            pd.DataFrame(prompts.as_rows()).style.format(precision=1, na_rep=""), hide_index=True
+        )
         result = None
         with state.guard("Prompting SAM"):
             result = predict_candidates(model, emb, prompts, multimask=multimask)

@@ -401,3 +401,11 @@ def test_everything_on_a_sample_with_reference_shows_the_evaluation(app_env):
     table = next(df.value for df in at.dataframe if "threshold" in df.value.columns)
     assert table["threshold"].tolist()[0] == 0.5 and len(table) == 10
     assert (table["tp"] + table["fn"] == 125).all()
+
+
+def test_home_loads_and_checks_the_injected_model(app_env):
+    at = new_app().run()
+    at.button(key="load_model").click().run()
+    no_errors(at)
+    message = " ".join(s.value for s in at.success)
+    assert "tiny_random" in message and "256 px input" in message

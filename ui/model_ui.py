@@ -101,6 +101,17 @@ def model_picker_ui() -> str:
         chosen = choice
     if chosen:
         st.session_state[state.MODEL] = chosen
+        if st.button("Load and check this model", key="load_model", icon=":material/memory:"):
+            model = state.get_model(chosen)
+            cfg = model.samlib_info.config
+            n = sum(p.numel() for p in model.parameters())
+            accel = getattr(model, "samlib_accel", None) or {}
+            st.success(
+                f"Loaded **{model.samlib_info.name}**: {cfg.encoder} encoder, {n / 1e6:.1f} M "
+                f"parameters, {cfg.img_size} px input, on {model.device}"
+                + (" (fused attention)" if accel.get("sdpa") else ""),
+                icon=":material/check:",
+            )
     st.caption(
         f"Computations run on **{pick_device()}**. Models load once per server and are "
         "shared by all users; images and results stay private to each browser tab."
