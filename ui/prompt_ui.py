@@ -27,6 +27,7 @@ TOOLS = {
 #: Canvas widths offered (px); the default fits beside the candidates on a laptop screen.
 CANVAS_WIDTHS = [320, 450, 640, 800, 1000]
 SIDE_BY_SIDE_MAX = 450  # wider canvases put the candidates below the image
+PREVIEW_WIDTH = 400  # candidate previews are downsampled to about this width (px)
 
 
 def tool_ui() -> tuple[str, str, bool]:
@@ -130,7 +131,12 @@ def candidates_ui(
                 prompts.labels,
                 prompts.boxes,
             )
-            st.image(view, caption=f"Candidate {i + 1}: predicted IoU {score:.3f}", width="stretch")
+            step = max(1, view.shape[1] // PREVIEW_WIDTH)  # small previews keep clicks snappy
+            st.image(
+                view[::step, ::step],
+                caption=f"Candidate {i + 1}: predicted IoU {score:.3f}",
+                width="stretch",
+            )
     # New prompts: preselect the best candidate (the user's earlier pick was for others).
     sig = (prompts.points.tobytes(), prompts.labels.tobytes(), prompts.boxes.tobytes(), len(masks))
     if st.session_state.get("_pick_sig") != sig or "w_pick" not in st.session_state:
