@@ -37,7 +37,7 @@ def _sample(name: str) -> Source:
 def _read_upload(upload) -> Source | None:
     """Read an uploaded file once per session (uploads are not shared between sessions)."""
     uploads = st.session_state.setdefault("uploads", {})
-    key = f"{upload.name}:{upload.size}:{upload.file_id}"
+    key = f"{upload.name}:{hashlib.sha256(upload.getvalue()).hexdigest()[:16]}"
     if key not in uploads:
         with state.guard(f"Reading {upload.name}"):
             uploads[key] = Source(read_image(upload, name=upload.name))
@@ -66,20 +66,18 @@ def source_ui() -> Source | None:
         accept_multiple_files=True,
         key="w_uploads",
     )
-    loaded = [s for s in (_read_upload(f) for f in files or []) if s is not None]
+    for f in files or []:
+        _read_upload(f)
+    # Everything uploaded in this session stays available after a page change (the
+    # uploader widget itself forgets its files when another page runs).
+    loaded = list(st.session_state.get("uploads", {}).values())
     if not loaded:
-        current = state.current_image()
-        if current is not None:
-            st.caption(f"Still working on **{current.name}** (upload to replace it).")
         return None
+    if len(loaded) == 1:
+        return loaded[0]
     names = [s.image.name for s in loaded]
-    pick = (
-        st.selectbox(
-            "Work on", range(len(loaded)), format_func=names.__getitem__, key="w_upload_pick"
-        )
-        if len(loaded) > 1
-        else 0
-    )
+    choice = state.kept(st.selectbox, "Work on", "upload_pick", names[-1], options=names)
+    pick = names.index(choice) if choice in names else len(loaded) - 1
     return loaded[pick]
 
 
