@@ -228,7 +228,7 @@ def test_workshop_in_the_browser(page, checkpoint):
     pg = page
     # -- Image & model: the default sample is shown with its preview -----------------------
     pg.get_by_text("What SAM sees: dsb2018").wait_for()
-    shot(pg, "home")
+    shot(pg, "home", height=1150)
 
     # -- uploads: a damaged file is explained, a 16-bit 2-channel TIFF is shown ------------
     pg.get_by_text("Upload", exact=True).click()
