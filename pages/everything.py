@@ -14,6 +14,7 @@ st.caption(
 
 work = state.require_image()
 model = state.get_model()
+state.context_caption(work, model)
 
 with st.sidebar:
     st.header("Generator")

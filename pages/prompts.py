@@ -15,6 +15,7 @@ st.caption(
 
 work = state.require_image()
 model = state.get_model()
+state.context_caption(work, model)
 emb = None
 with state.guard("Computing the image embedding"):
     emb = state.embedding_ui(model, work)

@@ -409,3 +409,21 @@ def test_home_loads_and_checks_the_injected_model(app_env):
     no_errors(at)
     message = " ".join(s.value for s in at.success)
     assert "tiny_random" in message and "256 px input" in message
+
+
+@pytest.mark.parametrize("mode", ["uncompressed_rle", "coco_rle"])
+def test_everything_views_work_with_rle_output_modes(app_env, mode):
+    at = seeded(new_app())
+    at.switch_page("pages/everything.py").run()
+    at.selectbox(key="w_output_mode").set_value(mode)
+    run_everything_page(at)
+    loosen(at)
+    n = metric(at, "After area filter")
+    assert n > 1
+    records = record_table(at)
+    assert len(records) == n and records["segmentation"].iloc[0] == "96x128 mask"
+    open_tab(at, "everything", "Measurements")
+    measured = next(df.value for df in at.dataframe if "perimeter" in df.value.columns)
+    assert measured["area"].tolist() == records["area"].tolist()
+    open_tab(at, "everything", "Gallery")
+    assert sum(c.startswith("#") for c in image_captions(at)) == min(n, 24)

@@ -171,3 +171,12 @@ def embedding_ui(model, work: WorkImage) -> Embedding:
         emb = cache.get(model, work.rgb8, settings)
         measured[name] = time.perf_counter() - t0
     return emb
+
+
+def context_caption(work: WorkImage, model) -> None:
+    """One line saying which image and model the page works on."""
+    info = model.samlib_info
+    st.caption(
+        f"Image **{work.name}** ({work.size_xy[0]}x{work.size_xy[1]} px) · model "
+        f"**{info.name}** on {model.device}"
+    )
