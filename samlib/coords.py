@@ -88,6 +88,17 @@ def display_size(image_size: tuple[int, int], max_width: int) -> tuple[int, int]
     return max(1, round(iw * scale)), max(1, round(ih * scale))
 
 
+def fit_width(image_size: tuple[int, int], width: int) -> tuple[int, int]:
+    """Return the ``(width, height)`` at which to show an image exactly ``width`` pixels wide.
+
+    Unlike :func:`display_size`, small images are enlarged too (a canvas on a projector).
+    """
+    iw, ih = image_size
+    if iw <= 0 or ih <= 0 or width <= 0:
+        raise ValueError(f"sizes must be positive, got image {image_size} width {width}")
+    return int(width), max(1, round(ih * width / iw))
+
+
 def centroid_rowcol_to_xy(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Convert centroids given as array ``(row, col)`` indices to ``(x, y)`` point arrays.
 

@@ -98,3 +98,17 @@ def test_merge_and_rows():
     m = merge_prompts(a, b)
     assert m.labels.tolist() == [1, 0] and m.boxes.shape == (1, 4)
     assert [r["prompt"] for r in m.as_rows()] == ["foreground point", "background point", "box"]
+
+
+@pytest.mark.parametrize(
+    ("size", "width", "expected"), [((512, 512), 1000, (1000, 1000)), ((550, 660), 450, (450, 540))]
+)
+def test_canvas_fits_any_width_and_clicks_still_map_to_pixels(size, width, expected):
+    from samlib.coords import fit_width
+
+    canvas = fit_width(size, width)
+    assert canvas == expected
+    # the centre of image pixel (x=100, y=200) as the canvas shows it maps back exactly
+    cx, cy = 100.5 * canvas[0] / size[0], 200.5 * canvas[1] / size[1]
+    p = prompts_from_canvas({"objects": [point_object(cx, cy, FOREGROUND_COLOR)]}, canvas, size)
+    np.testing.assert_allclose(p.points, [[100.5, 200.5]])

@@ -295,7 +295,7 @@ def test_workshop_in_the_browser(page, checkpoint):
     idle(pg)
     canvas = pg.locator("canvas.upper-canvas").last  # Fabric's event layer
     bb = canvas.bounding_box()
-    canvas_size = coords.display_size(work.size_xy, CANVAS_WIDTH)
+    canvas_size = coords.fit_width(work.size_xy, CANVAS_WIDTH)
     assert (round(bb["width"]), round(bb["height"])) == canvas_size
     scale = canvas_size[0] / work.size_xy[0]
     canvas.click(position={"x": target[0] * scale, "y": target[1] * scale})

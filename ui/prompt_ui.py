@@ -65,8 +65,8 @@ def canvas_width_ui() -> int:
         "canvas_width",
         SIDE_BY_SIDE_MAX,
         options=CANVAS_WIDTHS,
-        help="Clicks map to image pixels at any width. Wider than 450 px puts the "
-        "candidates below the image.",
+        help="The image is shown at this width, enlarged or reduced; clicks map to image "
+        "pixels at any width. Wider than 450 px puts the candidates below the image.",
     )
 
 
@@ -75,7 +75,7 @@ def canvas_ui(
 ) -> CanvasPrompts:
     """Show the image on a drawing canvas; return the drawn prompts in image pixels."""
     image_size = work.size_xy
-    canvas_size = coords.display_size(image_size, max_width)
+    canvas_size = coords.fit_width(image_size, max_width)
     background = Image.fromarray(work.rgb8).resize(canvas_size, Image.Resampling.BILINEAR)
     result = st_canvas(
         background_image=background,
