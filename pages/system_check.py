@@ -36,7 +36,11 @@ st.markdown(
     "To install one offline, copy the file there under the name shown in *path*."
 )
 st.dataframe(pd.DataFrame(selftest.checkpoint_table()), hide_index=True, width="stretch")
-st.caption(f"This session uses: **{state.model_name()}**")
+cache = state.embedding_cache()
+st.caption(
+    f"This session uses: **{state.model_name()}**. Image embeddings are cached in memory "
+    f"({len(cache)} now) and in `{cache.directory}`, so reopening an image never re-encodes it."
+)
 
 st.subheader("Self-test")
 st.markdown(
