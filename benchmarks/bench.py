@@ -169,6 +169,13 @@ def main(argv=None) -> int:
     ap.add_argument("--iou-quantile", type=float, default=0.7)
     ap.add_argument("--stability", type=float, default=0.5, help="stability_score_thresh")
     ap.add_argument("--prompts", type=int, default=8, help="point prompts timed")
+    ap.add_argument(
+        "--box-nms",
+        type=float,
+        default=1.0,
+        help="box_nms_thresh (default 1.0: random-weight masks all span the image, so "
+        "NMS at 0.7 would leave one mask to compare)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -220,6 +227,7 @@ def main(argv=None) -> int:
         points_per_side=args.grid,
         pred_iou_thresh=round(iou_t, 4),
         stability_score_thresh=args.stability,
+        box_nms_thresh=args.box_nms,
     )
     print(f"generator parameters: {params} (other parameters: stock defaults)")
 

@@ -1,14 +1,21 @@
 """Segment everything: the workshop's automatic mask generator, exact and faster.
 
 ``segment_everything(model, rgb8, **params)`` returns the same records as
-``segment_anything.SamAutomaticMaskGenerator(model, **params).generate(rgb8)`` (same
-count, order, masks, boxes, areas and scores), faster, because:
+``segment_anything.SamAutomaticMaskGenerator(model, **params).generate(rgb8)``: same
+count, order, masks, boxes, areas, stability scores and predicted IoUs, bit for bit
+(the tests compare them field by field). The work it saves:
 
 - the first decoder layer's image projections are computed once per image, not once per
-  prompt (:mod:`samlib.decoder`), and prompts are decoded in cache-friendly chunks;
-- masks are upsampled to full resolution only when they pass the predicted-IoU filter;
-- masks are kept as run-length encodings, never as a full-resolution stack, so memory
-  does not grow with the number of candidates.
+  prompt (:mod:`samlib.decoder`); its other operations are stock's, in stock's batch
+  layout, which is what keeps the bits identical;
+- prompts whose three masks all fail the predicted-IoU filter skip the mask upscaling,
+  and only masks that pass it are upsampled to full resolution (stock upsamples all);
+- masks are kept as run lengths, never as a full-resolution stack, so memory does not
+  grow with the number of candidates (at most one decode chunk of full-size logits).
+
+The decoder itself is still stock arithmetic, so the gain is largest when the IoU
+filter rejects many candidates (as with trained models) and on large images; see
+``benchmarks/bench.py`` for measured ratios.
 
 For the app, the work is split: :func:`generate_candidates` runs the model once
 (expensive) and :func:`refilter` turns the candidates into records for any thresholds

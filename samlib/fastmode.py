@@ -2,16 +2,17 @@
 
 Opt-in with ``segment_everything(..., fast=True)``. Two approximations:
 
-1. **Reassociated decoder** (:func:`samlib.fast_decoder.decode_fast`): the same weights
-   and maths with the large matrix products reordered, so logits differ from stock by
-   float rounding (~1e-6 relative); a pixel whose logit sits within that of a cut-off can
-   flip.
-2. **Coarse-to-fine grid with covered points skipped**: the points of every
-   ``coarse_stride``-th row and column are decoded first, then the others in stock
-   order; a point that lies inside a mask already accepted (one that passes the
-   thresholds and does not touch a crop edge) is not decoded. Its masks would mostly
-   be duplicates of the covering one, removed by NMS anyway; the others (sub-parts or
-   wholes of the covering object) are lost, so fast mode can find fewer masks.
+1. **Coarse-to-fine grid with covered points skipped**: the points of every
+   ``coarse_stride``-th row and column are decoded first, then the others; a point
+   that lies inside a mask already accepted (one that passes the thresholds, does not
+   touch a crop edge and covers at most ``max_cover_fraction`` of the crop) is not
+   decoded. Its masks would mostly be duplicates of the covering one, removed by NMS
+   anyway; the others (sub-parts or wholes of the covering object) are lost, so fast
+   mode can find fewer masks. The saving grows with how much of the image the objects
+   cover.
+2. **Free batching**: prompts are decoded in batches of their own, not in the stock
+   generator's batch layout, so logits differ from stock by float rounding (~1e-7);
+   a pixel whose logit sits that close to a cut-off can flip.
 
 Everything else (stability at full resolution, NMS, crops, small-region clean-up, records)
 is the exact generator's. ``benchmarks/bench.py`` measures the difference to stock.
@@ -35,6 +36,7 @@ from segment_anything.utils.amg import (
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from samlib.candidates import Candidates, Progress, _encode
+from samlib.decoder import PointDecoder
 from samlib.errors import ParameterError
 from samlib.genparams import GeneratorParams
 
@@ -63,15 +65,17 @@ def fast_candidates(
     progress: Progress | None = None,
     coarse_stride: int = 2,
     skip_covered: bool = True,
+    max_cover_fraction: float = 0.1,
 ) -> Candidates:
     """Candidates for ``params``'s thresholds, decoded approximately (see module doc).
 
     Parameters are those of :func:`samlib.candidates.decode_candidates`;
-    ``coarse_stride`` sets the first pass's grid step and ``skip_covered`` turns the
-    skipping of covered points on or off.
+    ``coarse_stride`` sets the first pass's grid step, ``skip_covered`` turns the skipping
+    of covered points on or off, and only accepted masks smaller than
+    ``max_cover_fraction`` of the crop cover points (a background mask must not hide
+    the objects in it).
     """
     from samlib.embeddings import compute_embedding
-    from samlib.fast_decoder import decode_fast
 
     if coarse_stride < 1:
         raise ParameterError(f"coarse_stride must be >= 1, got {coarse_stride!r}")
@@ -83,7 +87,7 @@ def fast_candidates(
     total = sum(len(grids[i]) for i in layer_idxs)
     thr = model.mask_threshold
     transform = ResizeLongestSide(model.image_encoder.img_size)
-    pe = model.prompt_encoder
+    batch = params.points_per_batch
     rows: list[tuple[int, int, int, Any]] = []  # (crop, point index, mask index, data)
     done = skipped = 0
     for ci, (crop_box, layer) in enumerate(zip(crop_boxes, layer_idxs, strict=True)):
@@ -95,71 +99,85 @@ def fast_candidates(
         else:
             with torch.no_grad():
                 emb = compute_embedding(model, np.ascontiguousarray(crop))
+        dec = PointDecoder(model, emb.features)
         points = grids[layer] * np.array(csize)[None, ::-1]
         coords = torch.as_tensor(transform.apply_coords(points, csize), device=model.device)
         covered = np.zeros(csize, dtype=bool)
-        for pi in coarse_to_fine(len(points), coarse_stride):
-            done += 1
-            px, py = points[pi]
-            r, c = min(int(py), csize[0] - 1), min(int(px), csize[1] - 1)
-            if skip_covered and covered[r, c]:
-                skipped += 1
-                continue
-            with torch.no_grad():
-                labels = torch.ones(1, 1, dtype=torch.int, device=model.device)
-                sparse, _ = pe(points=(coords[pi : pi + 1, None], labels), boxes=None, masks=None)
-                low, iou = decode_fast(model, emb.features, sparse, None, slice(1, None))
-            iou = iou[0]
-            keep = iou > params.pred_iou_thresh if params.pred_iou_thresh > 0 else iou == iou
-            idx = torch.nonzero(keep).flatten()
-            if len(idx):
-                with torch.no_grad():
-                    logits = model.postprocess_masks(
-                        low[0, idx][:, None], emb.input_size, emb.original_size
-                    )[:, 0]
-                stab = calculate_stability_score(logits, thr, params.stability_score_offset)
-                if params.stability_score_thresh > 0:
-                    k2 = stab >= params.stability_score_thresh
-                    logits, stab, idx = logits[k2], stab[k2], idx[k2]
-                binary = logits > thr
-                boxes = batched_mask_to_box(binary)
-                edge = is_box_near_crop_edge(boxes, crop_box, [0, 0, w, h])
-                rles = _encode(binary, crop_box, (h, w))
-                for j, m in enumerate(idx.tolist()):
-                    rows.append((ci, pi, m, (iou[m], stab[j], boxes[j], edge[j], rles[j])))
-                    if not edge[j]:
-                        covered |= binary[j].cpu().numpy()
-            if progress is not None:
-                progress(done, total)
-        if progress is not None:
-            progress(done, total)
-    rows.sort(key=lambda r: r[:3])  # the stock order: crop, point, mask
-    n = len(rows)
-    pts_all = [
-        grids[layer_idxs[ci]]
-        * np.array([crop_boxes[ci][3] - crop_boxes[ci][1], crop_boxes[ci][2] - crop_boxes[ci][0]])[
-            ::-1
-        ]
-        for ci in range(len(crop_boxes))
-    ]
-    points = torch.as_tensor(
-        np.array(
-            [pts_all[ci][pi] + np.array(crop_boxes[ci][:2]) for ci, pi, _, _ in rows],
-            dtype=np.float64,
-        ).reshape(n, 2)
+        cover_max = max_cover_fraction * csize[0] * csize[1]
+        order = coarse_to_fine(len(points), coarse_stride)
+        n_coarse = int(np.ceil(np.sqrt(len(points)) / coarse_stride)) ** 2
+        passes = [order[:n_coarse], order[n_coarse:]] if coarse_stride > 1 else [order]
+        for todo in passes:
+            if skip_covered and len(todo):
+                rc = np.minimum(points[todo][:, ::-1].astype(int), np.array(csize) - 1)
+                free = ~covered[rc[:, 0], rc[:, 1]]
+                skipped += int((~free).sum())
+                done += int((~free).sum())
+                todo = todo[free]
+            for s in range(0, len(todo), batch):
+                ids = np.sort(todo[s : s + batch])
+                floor = params.pred_iou_thresh if params.pred_iou_thresh > 0 else None
+                low, iou, sel = dec.decode_points(coords[ids], len(ids), 0, floor)
+                for k, p in enumerate(sel.tolist()):
+                    m_iou = iou[p]
+                    keep = m_iou > floor if floor is not None else torch.ones(3, dtype=bool)
+                    idx = torch.nonzero(keep).flatten()
+                    if not len(idx):
+                        continue
+                    with torch.no_grad():
+                        logits = model.postprocess_masks(
+                            low[k, idx][:, None], emb.input_size, emb.original_size
+                        )[:, 0]
+                    stab = calculate_stability_score(logits, thr, params.stability_score_offset)
+                    if params.stability_score_thresh > 0:
+                        k2 = stab >= params.stability_score_thresh
+                        logits, stab, idx = logits[k2], stab[k2], idx[k2]
+                    binary = logits > thr
+                    boxes = batched_mask_to_box(binary)
+                    edge = is_box_near_crop_edge(boxes, crop_box, [0, 0, w, h])
+                    rles = _encode(binary, crop_box, (h, w))
+                    for j, m in enumerate(idx.tolist()):
+                        data = (m_iou[m], stab[j], boxes[j], edge[j], rles[j])
+                        rows.append((ci, int(ids[p]), m, data))
+                        if not edge[j] and int(binary[j].sum()) <= cover_max:
+                            covered |= binary[j].cpu().numpy()
+                done += len(ids)
+                if progress is not None:
+                    progress(done, total)
+    if progress is not None:
+        progress(total, total)
+    return _assemble(
+        rows,
+        grids,
+        layer_idxs,
+        crop_boxes,
+        (h, w),
+        params,
+        {"points": total, "skipped": skipped, "fast": True},
     )
+
+
+def _assemble(rows, grids, layer_idxs, crop_boxes, size, params, stats) -> Candidates:
+    """Candidates from per-mask rows, sorted into the stock order (crop, point, mask)."""
+    rows.sort(key=lambda r: r[:3])
+    n = len(rows)
+    xy = []
+    for ci, pi, _, _ in rows:
+        x0, y0, x1, y1 = crop_boxes[ci]
+        xy.append(grids[layer_idxs[ci]][pi] * np.array([x1 - x0, y1 - y0]) + np.array([x0, y0]))
+    data = [r[3] for r in rows]
     return Candidates(
-        iou=torch.stack([r[3][0] for r in rows]) if n else torch.zeros(0),
-        stability=torch.stack([r[3][1] for r in rows]) if n else torch.zeros(0),
-        boxes=torch.stack([r[3][2] for r in rows]) if n else torch.zeros(0, 4, dtype=torch.int64),
-        points=points,
+        iou=torch.stack([d[0] for d in data]) if n else torch.zeros(0),
+        stability=torch.stack([d[1] for d in data]) if n else torch.zeros(0),
+        boxes=torch.stack([d[2] for d in data]) if n else torch.zeros(0, 4, dtype=torch.int64),
+        points=torch.as_tensor(np.array(xy, dtype=np.float64).reshape(n, 2)),
         crop=torch.tensor([r[0] for r in rows], dtype=torch.int64),
-        near_edge=torch.stack([r[3][3] for r in rows]) if n else torch.zeros(0, dtype=torch.bool),
-        rles=[r[3][4] for r in rows],
+        near_edge=torch.stack([d[3] for d in data]) if n else torch.zeros(0, dtype=torch.bool),
+        rles=[d[4] for d in data],
         crop_boxes=[list(map(int, b)) for b in crop_boxes],
-        image_size=(h, w),
+        image_size=size,
         iou_floor=float(params.pred_iou_thresh),
         stability_floor=float(params.stability_score_thresh),
         params=params,
-        stats={"points": total, "skipped": skipped, "fast": True},
+        stats=stats,
     )

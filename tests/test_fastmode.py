@@ -28,7 +28,9 @@ def test_fast_mode_records_are_sane(sharp_sam, skip):  # noqa: F811
         points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.1, box_nms_thresh=0.9
     )
     exact = segment_everything(sharp_sam, img, **params)
-    cands = fast_candidates(sharp_sam, img, GeneratorParams(**params), skip_covered=skip)
+    cands = fast_candidates(
+        sharp_sam, img, GeneratorParams(**params), skip_covered=skip, max_cover_fraction=1.0
+    )
     fast = refilter(cands)
     assert fast and all(tuple(r) == RECORD_KEYS for r in fast)
     for r in fast:
