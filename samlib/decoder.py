@@ -6,6 +6,13 @@ transformer layer projects that identical copy once per prompt. :class:`PointDec
 computes the image-only tensors once per image and runs the same operations, in the same
 order and precision, for the parts that depend on the prompt, so the logits and
 predicted IoUs equal the stock decoder's (checked bit for bit in the tests).
+
+Bit equality needs care because CPU kernels pick their algorithm from the tensor shapes:
+a matrix product over a few prompt tokens gives other bits for 5 rows than for 8, and a
+batch of one takes other kernels than larger batches. So prompts may be decoded in any
+chunks of a stock batch, but token-side layers run on a zero-padded copy of the whole
+stock batch (cheap: a few rows per prompt) and a lone prompt is computed as a batch of
+two where that matters. A :class:`PointDecoder` keeps per-call state: use one per thread.
 """
 
 from __future__ import annotations
