@@ -11,6 +11,16 @@ full-resolution boolean mask per record would take.
 Usage::
 
     python benchmarks/tiling_memory.py --model vit_b --size 4096 --points-per-side 4
+
+Measured on a shared 2-core CPU, 1 torch thread, 4096 x 4096 image, 4 x 4 points per tile:
+
+- vit_b (random weights), 36 tiles of 768 + 2 x 128 halo: peak RSS 3745 MB (1091 MB
+  after loading the model and image), 50 s per tile;
+- tiny (VIT_TINY), 484 tiles of 192 + 2 x 32 halo: peak RSS 834 MB (734 MB before),
+  0.21 s per tile.
+
+Random weights give few, large masks; how memory grows with many masks is covered by
+``tests/test_tiling.py::test_stitch_memory_does_not_hold_full_resolution_masks``.
 """
 
 from __future__ import annotations
