@@ -150,8 +150,8 @@ def decode_candidates(
     progress : callable, optional
         Called as ``progress(done, total)`` in grid points, after each decoded chunk.
     chunk : int, optional
-        Prompts decoded at once (default: 4 for SAM's 64 x 64 x 256 embeddings on a
-        CPU, more for smaller models; ``points_per_batch`` on GPUs).
+        Prompts decoded at once (default ``points_per_batch``); any chunking gives the
+        same bits.
     """
     from samlib.embeddings import compute_embedding
 
@@ -166,13 +166,9 @@ def decode_candidates(
     total = sum(len(grids[i]) for i in layer_idxs)
     device = model.device
     if chunk is None:
-        # ~16 MB per image-side tensor on a CPU: small enough for the caches to help,
-        # large enough that per-operation overhead does not dominate small models.
-        pe_size = model.prompt_encoder.image_embedding_size
-        per_prompt = pe_size[0] * pe_size[1] * model.prompt_encoder.embed_dim
+        # Smaller chunks helped on an idle CPU but lost on a loaded one (more, smaller
+        # operations); the stock batch needs no padding and bounds memory the same way.
         chunk = params.points_per_batch
-        if device.type == "cpu":
-            chunk = min(chunk, max(4, 2**22 // per_prompt))
     thr = model.mask_threshold
     transform = ResizeLongestSide(model.image_encoder.img_size)
     cols: dict[str, list] = {k: [] for k in ("iou", "stab", "boxes", "points", "crop", "edge")}
