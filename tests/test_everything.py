@@ -96,6 +96,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("params", CASES)
 def test_equals_stock_generator(sharp_sam, params):
     img = colored_disks()
@@ -160,6 +161,7 @@ class CallCounter:
             h.remove()
 
 
+@pytest.mark.slow
 def test_refilter_equals_fresh_run_without_model(sharp_sam):
     img = colored_disks(seed=1)
     base = dict(points_per_side=6, crop_n_layers=1, box_nms_thresh=0.9)

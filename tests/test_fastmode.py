@@ -17,6 +17,7 @@ def test_coarse_to_fine_is_a_permutation_coarse_first():
     assert list(coarse_to_fine(10, 2)) == list(range(10))  # not square: stock order
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("skip", [False, True])
 def test_fast_mode_records_are_sane(sharp_sam, skip):  # noqa: F811
     from samlib.fastmode import fast_candidates
