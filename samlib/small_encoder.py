@@ -120,3 +120,20 @@ SMALL_CNN = SamConfig(
     iou_head_hidden_dim=64,
     encoder_options={"widths": [24, 48, 64], "depth": 3},
 )
+
+
+def sharpen_prompt_positions(model: nn.Module, seed: int = 0, max_scale: float = 16.0) -> None:
+    """Redraw the prompt encoder's random Fourier position features with finer frequencies.
+
+    SAM draws them from N(0, 1): with only ``prompt_embed_dim / 2`` features (16 here) the
+    finest period is about a quarter of the image, too coarse to tell neighbouring nuclei
+    apart, and a convolutional encoder adds no absolute position of its own. Column ``j``
+    is scaled by a log-spaced factor from 1 to ``max_scale`` so that coarse and fine
+    positions are both represented. The matrix is a buffer saved in the checkpoint, so
+    loading needs nothing special. Call once, before training from scratch.
+    """
+    pe = model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+    gen = torch.Generator().manual_seed(seed)
+    scales = torch.logspace(0, torch.log10(torch.tensor(max_scale)), pe.shape[1])
+    with torch.no_grad():
+        pe.copy_(torch.randn(pe.shape, generator=gen) * scales)
