@@ -39,8 +39,9 @@ class TrainParams:
     ``steps_per_epoch`` steps of ``batch_images`` images each make an epoch; ``None``
     means one pass over the training images (at least 10 steps). ``max_minutes`` stops
     training after that wall time, keeping the best epoch so far. The mask loss is
-    ``focal_weight * focal + dice`` (SAM: 20), the focal weight rising linearly from 0 over
-    the first ``focal_ramp_steps`` steps (for training from scratch).
+    ``focal_weight * focal + dice`` (SAM: 20). From scratch the focal term is left out for
+    ``focal_delay_steps`` steps and then rises linearly over ``focal_ramp_steps``: on its
+    own it first drives every logit negative, and a fresh decoder then stalls there.
     """
 
     epochs: int = 20
@@ -54,6 +55,7 @@ class TrainParams:
     n_background: int = 2
     focal_weight: float = 20.0
     focal_ramp_steps: int = 0
+    focal_delay_steps: int = 0
     freeze_encoder: bool = True
     patience: int = 4
     seed: int = 0
@@ -101,7 +103,7 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 def _ramp(step: int, steps: int) -> float:
-    return 1.0 if steps <= 0 else min(1.0, step / steps)
+    return float(step >= 0) if steps <= 0 else min(1.0, max(0.0, step / steps))
 
 
 def write_sidecar(path: Path, info: dict[str, Any]) -> Path:
@@ -211,7 +213,8 @@ def train(
                     n_prompts=params.n_prompts,
                     n_corrections=params.n_corrections,
                     n_background=params.n_background,
-                    focal_weight=params.focal_weight * _ramp(step, params.focal_ramp_steps),
+                    focal_weight=params.focal_weight
+                    * _ramp(step - params.focal_delay_steps, params.focal_ramp_steps),
                 )
                 for e, s in zip(embs, batch, strict=True)
             ) / len(batch)
@@ -319,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--prompts", type=int, default=8, help="objects prompted per image and step")
     ap.add_argument("--patience", type=int, default=4)
+    ap.add_argument("--focal-weight", type=float, default=20.0, help="SAM: 20; 0 = dice only")
     ap.add_argument("--unfreeze-encoder", action="store_true", help="train the encoder too")
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -348,6 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lr=args.lr,
             n_prompts=args.prompts,
             patience=args.patience,
+            focal_weight=args.focal_weight,
             freeze_encoder=not args.unfreeze_encoder,
             seed=args.seed,
             max_minutes=args.max_minutes,

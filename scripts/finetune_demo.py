@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps-per-epoch", type=int, default=20)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--focal-weight", type=float, default=0.0)
     ap.add_argument("--out", default="/tmp/finetuned.pt")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.lr,
         warmup_steps=10,
         n_prompts=8,
+        focal_weight=args.focal_weight,
         patience=4,
         device="cpu",
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -37,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--focal-delay-steps", type=int, default=250)
     ap.add_argument("--warmup-steps", type=int, default=50)
     ap.add_argument("--init", default=None, help="start from this checkpoint's weights")
+    ap.add_argument(
+        "--curriculum-epochs",
+        type=int,
+        default=8,
+        help="first train on images with few large objects for this many epochs",
+    )
     ap.add_argument("--out", default="samlib/weights/small_cnn.pt")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -67,6 +74,28 @@ def main(argv: list[str] | None = None) -> int:
         max_minutes=args.max_minutes,
         device="cpu",
     )
+    base = "scratch (samlib.small_encoder.SMALL_CNN)"
+    if args.curriculum_epochs:
+        # Few, large objects first: a fresh decoder otherwise settles on masking every
+        # object whatever the prompt; with three big objects that costs too much.
+        easy = SynthDataset(
+            1_000_000, seed=args.seed * 10_000_000 + 7_000_000, n_objects=3, radius=(18.0, 40.0)
+        )
+        warm = replace(params, epochs=args.curriculum_epochs, max_minutes=None)
+        data = {"train": easy.describe(), "val": val_set.describe()}
+        train(
+            model,
+            easy,
+            val_set,
+            args.out,
+            warm,
+            config=SMALL_CNN,
+            base_model=base,
+            data=data,
+            progress=lambda m: print("curriculum:", m, flush=True),
+        )
+        params = replace(params, warmup_steps=10)
+        base += f" after {args.curriculum_epochs} curriculum epochs (3 objects, radius 18-40)"
     data = {"train": train_set.describe(), "val": val_set.describe()}
     result = train(
         model,
@@ -75,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         params,
         config=SMALL_CNN,
-        base_model="scratch (samlib.small_encoder.SMALL_CNN)",
+        base_model=base,
         data=data,
         progress=lambda m: print(m, flush=True),
     )

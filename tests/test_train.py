@@ -286,3 +286,39 @@ def test_bundled_model_runs_everything_and_evaluation(bundled):
     assert res["n_pred_unfiltered"] > 0  # thresholds at 0: every grid point gives a mask
     for key in ("point_miou", "box_miou", "ap50", "ap_mean", "f1"):
         assert 0.0 <= res[key] <= 1.0
+
+
+def test_train_command_line_fine_tunes_a_checkpoint(tiny_cnn, tmp_path, capsys):
+    import tifffile
+
+    from samlib.models import save_checkpoint
+    from samlib.train import main
+
+    base = save_checkpoint(tiny_cnn, tmp_path / "base.pt", TINY_CNN)
+    args = ["--model", str(base), "--out", str(tmp_path / "tuned.pt"), "--epochs", "1"]
+    for i, (img, lab) in enumerate(_pairs(3)):
+        tifffile.imwrite(tmp_path / f"im{i}.tif", img)
+        tifffile.imwrite(tmp_path / f"lab{i}.tif", lab.astype(np.uint16))
+        args += ["--image", str(tmp_path / f"im{i}.tif"), "--labels", str(tmp_path / f"lab{i}.tif")]
+    assert main([*args, "--steps-per-epoch", "2", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["checkpoint"] == str(tmp_path / "tuned.pt")
+    assert (tmp_path / "tuned.json").is_file()
+    side = json.loads((tmp_path / "tuned.json").read_text())
+    assert len(side["data"]["train"]) == 2 and len(side["data"]["val"]) == 1  # 25% held out
+
+
+def test_train_command_line_needs_validation_data(tiny_cnn, tmp_path, capsys):
+    import tifffile
+
+    from samlib.models import save_checkpoint
+    from samlib.train import main
+
+    base = save_checkpoint(tiny_cnn, tmp_path / "base.pt", TINY_CNN)
+    img, lab = _pairs(1)[0]
+    tifffile.imwrite(tmp_path / "im.tif", img)
+    tifffile.imwrite(tmp_path / "lab.tif", lab.astype(np.uint16))
+    args = ["--model", str(base), "--out", str(tmp_path / "t.pt")]
+    args += ["--image", str(tmp_path / "im.tif"), "--labels", str(tmp_path / "lab.tif")]
+    assert main(args) == 2
+    assert "--val-image" in capsys.readouterr().err
