@@ -90,7 +90,17 @@ def test_micro_sam_entries(name):
     assert entry.sha256 is None and entry.file_format == "micro_sam"
 
 
-@pytest.mark.parametrize("name", sorted(models.REGISTRY))
+VIT_ENTRIES = sorted(n for n, e in models.REGISTRY.items() if e.config.encoder == "vit")
+
+
+def test_non_vit_entries_ship_their_config():
+    # Only ViT sizes can be read back from weights; other encoders must be samlib files.
+    for name, entry in models.REGISTRY.items():
+        if entry.config.encoder != "vit":
+            assert entry.package_file and entry.url is None, name
+
+
+@pytest.mark.parametrize("name", VIT_ENTRIES)
 def test_registered_architecture_is_detected_from_its_state_dict(name):
     # Built on the meta device: every tensor shape of vit_h without allocating 2.5 GB.
     cfg = models.REGISTRY[name].config
