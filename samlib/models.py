@@ -363,3 +363,35 @@ def load_model(
     model = model.to(torch.device(device) if device is not None else pick_device())
     model.samlib_info = ModelInfo(name=name, sha256=sha, config=config, path=str(path))
     return model
+
+
+# -- the bundled small demo model --------------------------------------------------------
+# Trained from scratch on synthetic images by scripts/train_small_model.py (see
+# samlib/weights/small_cnn.json for data, parameters and metrics). Registered here so that
+# something runs offline; default_model_name() picks it only when no official checkpoint
+# is cached.
+def _register_bundled() -> None:
+    from samlib.small_encoder import SMALL_CNN
+
+    register_model(
+        ModelEntry(
+            name="small_cnn",
+            config=SMALL_CNN,
+            url=None,
+            size=_SMALL_CNN_SIZE,
+            sha256=_SMALL_CNN_SHA256,
+            description=(
+                "Small demo model, not SAM: a 0.4M-parameter SAM-architecture model with a "
+                "CNN encoder, trained on synthetic images; for trying the app offline only"
+            ),
+            file_format="samlib",
+            filename="weights/small_cnn.pt",
+            package_file=True,
+        ),
+        replace=True,
+    )
+
+
+_SMALL_CNN_SIZE: int | None = 1580943
+_SMALL_CNN_SHA256: str | None = "45ff2cbb75c32525e689c24ce6eae41efc17928a70ee9d8d0d7e00033451ffc9"
+_register_bundled()

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--train-seed", type=int, default=424242)
     ap.add_argument("--val-seed", type=int, default=434343)
+    ap.add_argument("--test-seed", type=int, default=444444)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--steps-per-epoch", type=int, default=20)
     ap.add_argument("--lr", type=float, default=3e-4)
@@ -46,9 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     make = lambda seed: synth_image(seed, shape, kind=args.kind, radius=tuple(args.radius))  # noqa: E731
     train_img, train_lab = make(args.train_seed)
     val_img, val_lab = make(args.val_seed)
+    test_img, test_lab = make(args.test_seed)  # not used for early stopping
+    test_rgb = to_rgb8(test_img)
     model = load_model(args.model, device="cpu")
     val_rgb = to_rgb8(val_img)
-    before = prompt_ious(model, val_rgb, val_lab)
+    before = {"val": prompt_ious(model, val_rgb, val_lab)}
+    before["test"] = prompt_ious(model, test_rgb, test_lab)
     params = TrainParams(
         epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch,
@@ -79,17 +83,20 @@ def main(argv: list[str] | None = None) -> int:
         progress=lambda m: print(m, file=sys.stderr, flush=True),
     )
     minutes = (time.monotonic() - t0) / 60
-    after = prompt_ious(load_model(args.out, device="cpu"), val_rgb, val_lab)
+    tuned = load_model(args.out, device="cpu")
+    after = {"val": prompt_ious(tuned, val_rgb, val_lab)}
+    after["test"] = prompt_ious(tuned, test_rgb, test_lab)
     keys = ("point_miou", "box_miou")
     print(
         json.dumps(
             {
                 "train_objects": int(train_lab.max()),
                 "val_objects": int(val_lab.max()),
+                "test_objects": int(test_lab.max()),
                 "minutes": round(minutes, 2),
                 "best_epoch": res.best_epoch,
-                "before": {k: round(before[k], 4) for k in keys},
-                "after": {k: round(after[k], 4) for k in keys},
+                "before": {s: {k: round(before[s][k], 4) for k in keys} for s in before},
+                "after": {s: {k: round(after[s][k], 4) for k in keys} for s in after},
                 "checkpoint": str(res.checkpoint),
             },
             indent=2,
