@@ -392,6 +392,6 @@ def _register_bundled() -> None:
     )
 
 
-_SMALL_CNN_SIZE: int | None = 1580943
-_SMALL_CNN_SHA256: str | None = "45ff2cbb75c32525e689c24ce6eae41efc17928a70ee9d8d0d7e00033451ffc9"
+_SMALL_CNN_SIZE: int | None = 1567957
+_SMALL_CNN_SHA256: str | None = "147c9025aff6ba83d61c37c4aa7d847422e55acda5893bf1a1353e09e0083a4e"
 _register_bundled()
