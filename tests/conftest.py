@@ -19,6 +19,18 @@ def tiny_sam():
     return build_sam(VIT_TINY)
 
 
+@pytest.fixture(scope="module")
+def sharp_sam():
+    """A tiny random SAM whose mask logits are scaled up so that many masks are stable."""
+    torch.manual_seed(2)
+    sam = build_sam(VIT_TINY)
+    with torch.no_grad():
+        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight *= 100
+            mlp.layers[-1].bias *= 100
+    return sam
+
+
 def make_disks(shape=(96, 128), disks=((30, 40, 12), (60, 90, 18)), dtype=np.uint8, value=None):
     """Draw filled disks (row, col, radius) on a dark background; return (image, labels)."""
     img = np.zeros(shape, dtype=np.float64)

@@ -8,7 +8,6 @@ import torch
 from segment_anything import SamAutomaticMaskGenerator
 from skimage.draw import disk
 
-from samlib.arch import VIT_TINY, build_sam
 from samlib.candidates import _batches
 from samlib.decoder import PointDecoder
 from samlib.errors import ImageError, ParameterError
@@ -20,18 +19,6 @@ from samlib.everything import (
     refilter,
     segment_everything,
 )
-
-
-@pytest.fixture(scope="module")
-def sharp_sam():
-    """A tiny random SAM whose mask logits are scaled up so that many masks are stable."""
-    torch.manual_seed(2)
-    sam = build_sam(VIT_TINY)
-    with torch.no_grad():
-        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight *= 100
-            mlp.layers[-1].bias *= 100
-    return sam
 
 
 def colored_disks(shape=(96, 128), n=8, seed=0):

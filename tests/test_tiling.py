@@ -12,7 +12,6 @@ from skimage.measure import label, regionprops
 
 import samlib.tiling as tiling
 from samlib import rle as rlelib
-from samlib.arch import VIT_TINY, build_sam
 from samlib.errors import ParameterError
 from samlib.everything import RECORD_KEYS, segment_everything
 from samlib.masks import record_mask
@@ -27,18 +26,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def sharp_sam():
-    """A tiny random SAM whose mask logits are scaled up so that many masks are stable."""
-    torch.manual_seed(2)
-    sam = build_sam(VIT_TINY)
-    with torch.no_grad():
-        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight *= 100
-            mlp.layers[-1].bias *= 100
-    return sam
 
 
 def colored_disks(shape, n, seed=0):
