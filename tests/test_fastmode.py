@@ -7,7 +7,7 @@ import pytest
 
 from samlib.everything import RECORD_KEYS, segment_everything
 from samlib.fastmode import coarse_to_fine
-from tests.test_everything import colored_disks, sharp_sam  # noqa: F401
+from tests.test_everything import colored_disks
 
 
 def test_coarse_to_fine_is_a_permutation_coarse_first():
