@@ -155,53 +155,21 @@ def current_thresholds() -> dict[str, float]:
 
 def filter_ui(run: EverythingRun) -> dict[str, float]:
     """Live quality and duplicate filters (no model run); return their values."""
-    h = PARAM_HELP
-    cols = st.columns(4 if run.params.get("crop_n_layers", 0) else 3)
+    names = ["pred_iou_thresh", "stability_score_thresh", "box_nms_thresh"]
+    if run.params.get("crop_n_layers", 0):
+        names.append("crop_nms_thresh")
     f: dict[str, float] = {}
-    with cols[0]:
-        f["pred_iou_thresh"] = state.kept(
-            st.slider,
-            "pred_iou_thresh",
-            "pred_iou_thresh",
-            DEFAULTS.pred_iou_thresh,
-            min_value=0.0,
-            max_value=1.0,
-            step=0.01,
-            help=h["pred_iou_thresh"],
-        )
-    with cols[1]:
-        f["stability_score_thresh"] = state.kept(
-            st.slider,
-            "stability_score_thresh",
-            "stability_score_thresh",
-            DEFAULTS.stability_score_thresh,
-            min_value=0.0,
-            max_value=1.0,
-            step=0.01,
-            help=h["stability_score_thresh"],
-        )
-    with cols[2]:
-        f["box_nms_thresh"] = state.kept(
-            st.slider,
-            "box_nms_thresh",
-            "box_nms_thresh",
-            DEFAULTS.box_nms_thresh,
-            min_value=0.0,
-            max_value=1.0,
-            step=0.01,
-            help=h["box_nms_thresh"],
-        )
-    if len(cols) == 4:
-        with cols[3]:
-            f["crop_nms_thresh"] = state.kept(
+    for col, name in zip(st.columns(len(names)), names, strict=True):
+        with col:
+            f[name] = state.kept(
                 st.slider,
-                "crop_nms_thresh",
-                "crop_nms_thresh",
-                DEFAULTS.crop_nms_thresh,
+                name,
+                name,
+                getattr(DEFAULTS, name),
                 min_value=0.0,
                 max_value=1.0,
                 step=0.01,
-                help=h["crop_nms_thresh"],
+                help=PARAM_HELP[name],
             )
     floors = run.candidates.iou_floor, run.candidates.stability_floor
     if f["pred_iou_thresh"] < floors[0] or f["stability_score_thresh"] < floors[1]:
