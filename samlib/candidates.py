@@ -106,6 +106,25 @@ def _encode(binary: torch.Tensor, crop_box: list[int], size: tuple[int, int]) ->
     return out
 
 
+@torch.no_grad()
+def upsample_like_stock(
+    model: Sam, low: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
+) -> torch.Tensor:
+    """``Sam.postprocess_masks`` of (K, L, L) low-res logits, bit-identical to the stock call.
+
+    The stock generator upsamples (B, 3, L, L) tensors, and PyTorch's CPU bilinear kernel
+    gives other bits for other channel counts (seen with one thread). The K masks are
+    therefore packed three per item, zero-padded, which reproduces the stock bits whatever
+    the order, and only the K chosen masks are upsampled. Returns (K, H, W) logits.
+    """
+    k = low.shape[0]
+    pad = -k % 3
+    if pad:
+        low = torch.cat([low, low.new_zeros((pad, *low.shape[1:]))])
+    up = model.postprocess_masks(low.reshape(-1, 3, *low.shape[1:]), input_size, original_size)
+    return up.flatten(0, 1)[:k]
+
+
 def _batches(n: int, stock_batch: int, chunk: int) -> list[tuple[int, int, int, int]]:
     """Decode chunks ``(start, end, stock_start, stock_size)`` covering n points in order.
 
@@ -203,10 +222,7 @@ def decode_candidates(
                 idx, low = idx[keep], low[keep]
             iou = iou.flatten()
             if len(idx):
-                with torch.no_grad():
-                    logits = model.postprocess_masks(
-                        low[:, None], emb.input_size, emb.original_size
-                    )[:, 0]
+                logits = upsample_like_stock(model, low, emb.input_size, emb.original_size)
                 del low
                 stab = calculate_stability_score(logits, thr, params.stability_score_offset)
                 k2 = (

@@ -35,7 +35,7 @@ from segment_anything.utils.amg import (
 )
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from samlib.candidates import Candidates, Progress, _encode
+from samlib.candidates import Candidates, Progress, _encode, upsample_like_stock
 from samlib.decoder import PointDecoder
 from samlib.errors import ParameterError
 from samlib.genparams import GeneratorParams
@@ -124,10 +124,9 @@ def fast_candidates(
                     idx = torch.nonzero(keep).flatten()
                     if not len(idx):
                         continue
-                    with torch.no_grad():
-                        logits = model.postprocess_masks(
-                            low[k, idx][:, None], emb.input_size, emb.original_size
-                        )[:, 0]
+                    logits = upsample_like_stock(
+                        model, low[k, idx], emb.input_size, emb.original_size
+                    )
                     stab = calculate_stability_score(logits, thr, params.stability_score_offset)
                     if params.stability_score_thresh > 0:
                         k2 = stab >= params.stability_score_thresh

@@ -8,7 +8,7 @@ import torch
 from segment_anything import SamAutomaticMaskGenerator
 from skimage.draw import disk
 
-from samlib.candidates import _batches
+from samlib.candidates import _batches, upsample_like_stock
 from samlib.decoder import PointDecoder
 from samlib.errors import ImageError, ParameterError
 from samlib.everything import (
@@ -244,7 +244,7 @@ def test_full_resolution_masks_never_stacked(sharp_sam, monkeypatch):
     original = sharp_sam.postprocess_masks
 
     def spy(masks, input_size, original_size):
-        seen.append(masks.shape[0])
+        seen.append(masks.shape[0] * masks.shape[1])
         return original(masks, input_size, original_size)
 
     monkeypatch.setattr(sharp_sam, "postprocess_masks", spy)
@@ -256,3 +256,34 @@ def test_full_resolution_masks_never_stacked(sharp_sam, monkeypatch):
     )
     assert len(cands) == 3 * 64 and len(seen) == 8 and max(seen) <= 3 * 8
     assert all(isinstance(r, np.ndarray) and r.ndim == 1 for r in cands.rles)
+
+
+@pytest.fixture
+def one_thread():
+    """PyTorch's CPU kernels choose other code paths with one thread (as on many laptops)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("k", [1, 4, 9])
+def test_upsampling_chosen_masks_equals_stock_batch(sharp_sam, one_thread, k):
+    # the stock generator upsamples (B, 3, L, L); upsampling only k chosen masks must
+    # give the same bits, which a (k, 1, L, L) call does not on one thread
+    side = 4 * sharp_sam.prompt_encoder.image_embedding_size[0]
+    low = torch.randn(6, 3, side, side, generator=torch.Generator().manual_seed(k)) * 20
+    size = sharp_sam.image_encoder.img_size
+    with torch.no_grad():
+        ref = sharp_sam.postprocess_masks(low, (size, size), (300, 300)).flatten(0, 1)
+    pick = torch.randperm(18, generator=torch.Generator().manual_seed(1))[:k]
+    ours = upsample_like_stock(sharp_sam, low.flatten(0, 1)[pick], (size, size), (300, 300))
+    assert torch.equal(ours, ref[pick])
+
+
+def test_equals_stock_generator_on_one_thread(sharp_sam, one_thread):
+    params = CASES[0]
+    img = colored_disks()
+    ref = SamAutomaticMaskGenerator(sharp_sam, **params).generate(img)
+    assert len(ref) >= 3
+    assert_same_records(segment_everything(sharp_sam, img, **params), ref)
