@@ -30,17 +30,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from samlib.arch import build_sam  # noqa: E402
 from samlib.checkpoints import save_checkpoint  # noqa: E402
+from samlib.models import load_model  # noqa: E402
 from samlib.small_encoder import SMALL_CNN, sharpen_prompt_positions  # noqa: E402
 from samlib.synth import synth_image  # noqa: E402
 from samlib.train import write_sidecar  # noqa: E402
 from samlib.train_prompts import (  # noqa: E402
+    correction_points,
     dice_loss,
     jitter_boxes,
     mask_iou,
     prepare_sample,
     sample_points,
 )
-from samlib.train_step import _decode, validate  # noqa: E402
+from samlib.train_step import _best_iou_any, _decode, validate  # noqa: E402
 
 RADIUS = (4.0, 11.0)
 
@@ -57,6 +59,33 @@ def _loss(logits, iou, target):
     return per.gather(1, best[:, None]).mean() + F.mse_loss(iou, real)
 
 
+def _corrections(model, emb, s, target, logits, iou, points, boxes, rounds, rng):
+    """SAM's interactive rounds: a click from the error region, previous logits as mask input."""
+    loss = torch.zeros(())
+    scale = SMALL_CNN.img_size / target.shape[-1]
+    pts, lab = (None, None) if points is None else points
+    for _ in range(rounds):
+        best = iou.detach().argmax(1)
+        prev = logits[torch.arange(len(best)), best][:, None].detach()
+        cp, cl = correction_points(prev[:, 0] > 0, target > 0.5, rng, scale)
+        pts = cp if pts is None else np.concatenate([pts, cp], 1)
+        lab = cl if lab is None else np.concatenate([lab, cl], 1)
+        logits, iou = _decode(model, emb, (pts, lab), boxes, prev, False)
+        loss = loss + _loss(logits, iou, target)
+    return loss
+
+
+def _background(model, emb, s, n, rng):
+    """Teach the IoU head that a point on background gives a poor mask (MSE to real IoU)."""
+    bg = np.argwhere(s.labels == 0)
+    if n == 0 or len(bg) == 0:
+        return torch.zeros(())
+    rc = bg[rng.integers(len(bg), size=n)]
+    pts = rc[:, None, ::-1].astype(np.float32).copy()
+    logits, iou = _decode(model, emb, (pts, np.ones((n, 1), np.float32)), None, None, True)
+    return F.mse_loss(iou, _best_iou_any(logits.detach() > 0, s.low))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
@@ -68,12 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="samlib/weights/small_cnn.pt")
+    ap.add_argument("--init", default=None, help="continue from this checkpoint (samlib format)")
+    ap.add_argument("--n-background", type=int, default=0, help="background points per image")
+    ap.add_argument("--corrections", type=int, default=0, help="correction clicks per prompt")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     model = build_sam(SMALL_CNN)
     sharpen_prompt_positions(model, seed=args.seed)
+    if args.init:
+        model.load_state_dict(load_model(args.init, device="cpu").state_dict())
     base_seed = args.seed * 10_000_000
 
     def make(i: int):
@@ -126,6 +160,19 @@ def main(argv: list[str] | None = None) -> int:
                     lab = np.ones(pts.shape[:2], np.float32)
                     logits, iou = _decode(model, embs[b : b + 1], (pts, lab), None, None, True)
                 loss = loss + _loss(logits, iou, target)
+                loss = loss + _corrections(
+                    model,
+                    embs[b : b + 1],
+                    s,
+                    target,
+                    logits,
+                    iou,
+                    None if use_box else (pts, lab),
+                    boxes if use_box else None,
+                    args.corrections,
+                    rng,
+                )
+            loss = loss + _background(model, embs[b : b + 1], s, args.n_background, rng)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
