@@ -111,7 +111,8 @@ def decode_fast(
     sparse: torch.Tensor,
     dense: torch.Tensor | None,
     mask_slice: slice = slice(None),
-) -> tuple[torch.Tensor, torch.Tensor]:
+    iou_floor: float | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Mask decoder outputs for one prompt set, as ``samlib.prompt_decoder.decode``.
 
     Parameters
@@ -120,10 +121,13 @@ def decode_fast(
         As :func:`samlib.prompt_decoder.decode`.
     mask_slice : slice
         Which of the 1 + num_multimask_outputs mask tokens to compute logits for.
+    iou_floor : float, optional
+        If no selected mask's predicted IoU exceeds it, skip the upscaling and return
+        ``None`` for the logits (the everything-generator's IoU filter, applied early).
 
     Returns
     -------
-    low_res_logits : torch.Tensor
+    low_res_logits : torch.Tensor or None
         (1, M, 4h, 4w) for the selected mask tokens.
     iou_pred : torch.Tensor
         (1, M) predicted IoU of the selected mask tokens.
@@ -173,6 +177,8 @@ def decode_fast(
     hs = tf.norm_final_attn(queries)[0]
 
     iou = dec.iou_prediction_head(hs[0])[mask_slice]
+    if iou_floor is not None and not bool((iou > iou_floor).any()):
+        return None, iou[None]
     idx = range(dec.num_mask_tokens)[mask_slice]
     hyper = torch.stack([dec.output_hypernetworks_mlps[i](hs[1 + i]) for i in idx])
     low = _upscale(dec, x, (h, w), hyper)

@@ -42,13 +42,13 @@ def test_fast_mode_records_are_sane(sharp_sam, skip):  # noqa: F811
         rows, cols = np.nonzero(seg)
         assert (x, y, x + bw, y + bh) == (cols.min(), rows.min(), cols.max(), rows.max())
     if not skip:
-        # only rounding differs from the exact decoder: the same masks come out
+        # rounding and the one-step upsampling differ from the exact generator: the
+        # same masks come out, each within a few boundary pixels
         assert len(fast) == len(exact)
-        same = sum(
-            np.array_equal(a["segmentation"], b["segmentation"])
-            for a, b in zip(fast, exact, strict=True)
-        )
-        assert same >= 0.9 * len(exact)
+        for a, b in zip(fast, exact, strict=True):
+            inter = np.logical_and(a["segmentation"], b["segmentation"]).sum()
+            union = np.logical_or(a["segmentation"], b["segmentation"]).sum()
+            assert inter / union >= 0.9
     else:
         assert cands.stats["skipped"] > 0
         assert len(fast) <= len(exact) + 2
@@ -64,3 +64,32 @@ def test_fast_flag_in_public_api(sharp_sam):  # noqa: F811
         stability_score_thresh=0.1,
     )
     assert recs and all(tuple(r) == RECORD_KEYS for r in recs)
+
+
+@pytest.mark.parametrize("size", [(512, 512), (300, 700)])
+def test_one_step_upsampling_is_close_to_stock(size):
+    import dataclasses
+
+    import torch
+    from skimage.transform import resize
+
+    from samlib.arch import VIT_TINY, build_sam
+    from samlib.fastmode import upsample_once
+
+    model = build_sam(dataclasses.replace(VIT_TINY, img_size=1024, window_size=8))
+    scale = 1024 / max(size)
+    input_size = (int(size[0] * scale + 0.5), int(size[1] * scale + 0.5))
+    side = 4 * model.prompt_encoder.image_embedding_size[0]
+    rng = np.random.default_rng(0)
+    # smooth logits, as a decoder gives: blobs of +-10 over the low-res grid
+    low = resize(rng.normal(0, 10, (3, 8, 8)), (3, side, side), order=3).astype(np.float32)
+    low = torch.as_tensor(low)
+    with torch.no_grad():
+        ref = model.postprocess_masks(low[None], input_size, size)[0]
+    ours = upsample_once(model, low, input_size, size)
+    assert ours.shape == ref.shape == (3, *size)
+    inter = ((ours > 0) & (ref > 0)).flatten(1).sum(1)
+    union = ((ours > 0) | (ref > 0)).flatten(1).sum(1)
+    assert bool((inter / union >= 0.97).all())
+    # a wrong frame (e.g. forgetting the padding crop) would shift masks far more
+    assert float((ours - ref).abs().mean()) < 0.05 * float(ref.abs().mean())
