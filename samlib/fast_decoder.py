@@ -31,29 +31,34 @@ from torch.nn import functional as F
 
 from samlib.prompt_decoder import _image_terms
 
-__all__ = ["decode_fast"]
+__all__ = ["decode_fast", "decode_fast_batch"]
 
 
-def _split(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """(T, H*c) -> (H, T, c)."""
-    t, d = x.shape
-    return x.reshape(t, heads, d // heads).transpose(0, 1)
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(..., T, H*c) -> (..., H, T, c)."""
+    *lead, t, d = x.shape
+    return x.reshape(*lead, t, heads, d // heads).transpose(-3, -2)
 
 
 def _tokens_to_image(
     attn: Attention, q_in: torch.Tensor, x: torch.Tensor, xp: torch.Tensor
 ) -> torch.Tensor:
-    """Attention of T tokens (queries) over N image tokens ``x`` (keys ``xp`` = x + pe)."""
+    """Attention of B x T tokens (queries) over N image tokens ``x`` (keys ``xp`` = x + pe).
+
+    ``q_in`` is (B, T, D); ``x`` and ``xp`` are (B, N, D) or (N, D). Returns (B, T, D).
+    """
     h = attn.num_heads
     c = attn.internal_dim // h
-    q = _split(attn.q_proj(q_in), h)  # (H, T, c)
+    b, t, _ = q_in.shape
+    q = _heads(attn.q_proj(q_in), h)  # (B, H, T, c)
     wk = attn.k_proj.weight.view(h, c, -1)  # (H, c, D)
-    g = torch.bmm(q, wk).reshape(-1, wk.shape[-1]) / math.sqrt(c)  # (H*T, D)
-    a = torch.softmax(g @ xp.T, dim=-1)  # (H*T, N); q.bk is constant per row: dropped
-    r = (a @ x).view(h, -1, x.shape[-1])  # (H, T, D); rows of a sum to 1, so bv adds as is
+    g = (q @ wk).reshape(b, h * t, -1) / math.sqrt(c)  # (B, H*T, D)
+    # q.bk is constant along each row of scores, which softmax ignores: dropped
+    a = torch.softmax(g @ xp.transpose(-1, -2), dim=-1)  # (B, H*T, N)
+    r = (a @ x).view(b, h, t, -1)  # (B, H, T, D); rows of a sum to 1, so bv adds as is
     wv = attn.v_proj.weight.view(h, c, -1)
-    out = torch.bmm(r, wv.transpose(1, 2)) + attn.v_proj.bias.view(h, 1, c)  # (H, T, c)
-    return attn.out_proj(out.transpose(0, 1).reshape(q_in.shape[0], -1))
+    out = r @ wv.transpose(1, 2) + attn.v_proj.bias.view(h, 1, c)  # (B, H, T, c)
+    return attn.out_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
 def _image_to_tokens(
@@ -63,45 +68,52 @@ def _image_to_tokens(
     v_in: torch.Tensor,
     q_img: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Attention of N image tokens (queries ``xp``, or projected ``q_img``) over T tokens."""
+    """Attention of N image tokens (queries ``xp``, or projected ``q_img``) over T tokens.
+
+    ``k_in`` and ``v_in`` are (B, T, D); ``xp`` is (B, N, D) and ``q_img`` (N, H*c).
+    Returns (B, N, D).
+    """
     h = attn.num_heads
     c = attn.internal_dim // h
-    k = _split(attn.k_proj(k_in), h)  # (H, T, c)
-    v = _split(attn.v_proj(v_in), h)
-    t = k.shape[1]
-    # Scores are laid out (T, H, N) so that the softmax over the T tokens runs along the
-    # outermost axis, which is many times faster than a softmax over a short last axis.
+    k = _heads(attn.k_proj(k_in), h)  # (B, H, T, c)
+    v = _heads(attn.v_proj(v_in), h)
+    b, _, t, _ = k.shape
+    # Scores are laid out (B, T, H, N) so that the softmax over the T tokens runs along an
+    # outer axis, which is many times faster than a softmax over a short last axis.
     if q_img is not None:
         n = q_img.shape[0]
         qh = q_img.reshape(n, h, c).permute(1, 2, 0)  # (H, c, N)
-        s = torch.bmm(k, qh).transpose(0, 1) / math.sqrt(c)  # (T, H, N)
+        s = (k @ qh).transpose(1, 2) / math.sqrt(c)  # (B, T, H, N)
     else:
         wq = attn.q_proj.weight.view(h, c, -1)  # (H, c, D)
-        g = torch.bmm(k, wq).transpose(0, 1).reshape(t * h, -1) / math.sqrt(c)  # (T*H, D)
-        cq = (k @ attn.q_proj.bias.view(h, c, 1)).transpose(0, 1) / math.sqrt(c)  # (T, H, 1)
-        s = (g @ xp.T).view(t, h, -1) + cq  # (T, H, N)
-    a = torch.softmax(s, dim=0).reshape(t * h, -1)  # (T*H, N)
+        g = (k @ wq).transpose(1, 2).reshape(b, t * h, -1) / math.sqrt(c)  # (B, T*H, D)
+        cq = (k @ attn.q_proj.bias.view(h, c, 1)).transpose(1, 2) / math.sqrt(c)  # (B,T,H,1)
+        s = (g @ xp.transpose(-1, -2)).view(b, t, h, -1) + cq  # (B, T, H, N)
+    a = torch.softmax(s, dim=1).reshape(b, t * h, -1)  # (B, T*H, N)
     wo = attn.out_proj.weight.view(-1, h, c).transpose(0, 1)  # (H, D, c)
-    m = torch.bmm(v, wo.transpose(1, 2)).transpose(0, 1).reshape(t * h, -1)  # (T*H, D)
-    return torch.addmm(attn.out_proj.bias, a.T, m)  # (N, D)
+    m = (v @ wo.transpose(1, 2)).transpose(1, 2).reshape(b, t * h, -1)  # (B, T*H, D)
+    return torch.baddbmm(attn.out_proj.bias, a.transpose(1, 2), m)  # (B, N, D)
 
 
 def _upscale(dec, keys: torch.Tensor, hw: tuple[int, int], hyper: torch.Tensor) -> torch.Tensor:
-    """``output_upscaling`` + hypernetwork product, per pixel; returns (M, 4h, 4w) logits."""
+    """``output_upscaling`` + hypernetwork product, per pixel.
+
+    ``keys`` is (B, N, D) image tokens and ``hyper`` (B, M, C); returns (B, M, 4h, 4w).
+    """
     conv1, ln, act1, conv2, act2 = dec.output_upscaling
-    n = keys.shape[0]
+    b, n, _ = keys.shape
     c1, c2 = conv1.out_channels, conv2.out_channels
     # out[co, 2i+a, 2j+b] = sum_ci in[ci, i, j] W[ci, co, a, b] + bias[co]
     w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, 4 * c1)
-    y = torch.addmm(conv1.bias.repeat(4), keys, w1).view(n, 4, c1)
+    y = torch.addmm(conv1.bias.repeat(4), keys.reshape(b * n, -1), w1).view(b * n, 4, c1)
     y = act1(F.layer_norm(y, (c1,), ln.weight, ln.bias, ln.eps))
     w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
-    z = act2(torch.addmm(conv2.bias.repeat(4), y.view(4 * n, c1), w2))
-    logits = hyper @ z.view(16 * n, c2).T  # columns ordered (i, j, a, b, a', b')
+    z = act2(torch.addmm(conv2.bias.repeat(4), y.view(4 * b * n, c1), w2))
+    logits = hyper @ z.view(b, 16 * n, c2).transpose(1, 2)  # columns (i, j, a, b, a', b')
     h, w = hw
-    m = hyper.shape[0]
-    logits = logits.view(m, h, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
-    return logits.reshape(m, 4 * h, 4 * w)
+    m = hyper.shape[1]
+    logits = logits.view(b, m, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
+    return logits.reshape(b, m, 4 * h, 4 * w)
 
 
 @torch.no_grad()
@@ -111,41 +123,56 @@ def decode_fast(
     sparse: torch.Tensor,
     dense: torch.Tensor | None,
     mask_slice: slice = slice(None),
-    iou_floor: float | None = None,
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Mask decoder outputs for one prompt set, as ``samlib.prompt_decoder.decode``.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask decoder outputs for B prompt sets, as ``samlib.prompt_decoder.decode``.
 
     Parameters
     ----------
     model, features, sparse, dense
-        As :func:`samlib.prompt_decoder.decode`.
+        As :func:`samlib.prompt_decoder.decode` (``sparse`` may hold B prompt sets).
     mask_slice : slice
         Which of the 1 + num_multimask_outputs mask tokens to compute logits for.
-    iou_floor : float, optional
-        If no selected mask's predicted IoU exceeds it, skip the upscaling and return
-        ``None`` for the logits (the everything-generator's IoU filter, applied early).
 
     Returns
     -------
-    low_res_logits : torch.Tensor or None
-        (1, M, 4h, 4w) for the selected mask tokens.
+    low_res_logits : torch.Tensor
+        (B, M, 4h, 4w) for the selected mask tokens.
     iou_pred : torch.Tensor
-        (1, M) predicted IoU of the selected mask tokens.
+        (B, M) predicted IoU of the selected mask tokens.
+    """
+    low, iou, _ = decode_fast_batch(model, features, sparse, dense, mask_slice)
+    return low, iou
+
+
+@torch.no_grad()
+def decode_fast_batch(
+    model: Sam,
+    features: torch.Tensor,
+    sparse: torch.Tensor,
+    dense: torch.Tensor | None,
+    mask_slice: slice = slice(None),
+    iou_floor: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode B prompt sets at once; upscale only those with a mask above ``iou_floor``.
+
+    ``sparse`` is (B, T, C) prompt embeddings and ``dense`` None (no mask input, the
+    image-only terms are cached) or (B, C, h, w). Returns the logits (K, M, 4h, 4w) of
+    the K prompt sets with a selected mask's predicted IoU above ``iou_floor`` (all B
+    if None), the predicted IoUs (B, M) and the (K,) indices of those prompt sets.
     """
     dec = model.mask_decoder
     tf = dec.transformer
-    if sparse.shape[0] != 1:
-        raise ValueError(f"decode_fast takes one prompt set, got a batch of {sparse.shape[0]}")
-    tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight, sparse[0]], dim=0)[None]
+    b = sparse.shape[0]
+    out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+    tokens = torch.cat([out_tokens.expand(b, -1, -1), sparse], dim=1)  # (B, T, D)
     cached = _image_terms(model, features) if dense is None else None
     _, c, h, w = features.shape
     if cached is not None:
-        x, pe = cached.x, cached.pe
+        x, pe = cached.x, cached.pe  # (N, D), shared by all prompts until layer 0 ends
     else:
-        x = (features + dense)[0].flatten(1).T.contiguous()
+        x = (features + dense).flatten(2).transpose(1, 2).contiguous()  # (B, N, D)
         pe = model.prompt_encoder.get_dense_pe()[0].flatten(1).T.contiguous()
 
-    # queries stay (1, T, D) for the stock modules; image tensors are (N, D).
     queries = tokens
     for i, layer in enumerate(tf.layers):
         if layer.skip_first_layer_pe:
@@ -154,7 +181,7 @@ def decode_fast(
             q = queries + tokens
             queries = queries + layer.self_attn(q=q, k=q, v=queries)
         queries = layer.norm1(queries)
-        q = (queries + tokens)[0]
+        q = queries + tokens
         if i == 0 and cached is not None:
             xp = None
             attn_out = _cached_t2i(
@@ -165,33 +192,38 @@ def decode_fast(
             attn_out = _tokens_to_image(layer.cross_attn_token_to_image, q, x, xp)
         queries = layer.norm2(queries + attn_out)
         queries = layer.norm3(queries + layer.mlp(queries))
-        q = (queries + tokens)[0]
+        q = queries + tokens
         i2t = layer.cross_attn_image_to_token
         if i == 0 and cached is not None:
-            attn_out = _image_to_tokens(i2t, None, q, queries[0], q_img=cached.i2t_q[0])
+            attn_out = _image_to_tokens(i2t, None, q, queries, q_img=cached.i2t_q[0])
         else:
-            attn_out = _image_to_tokens(i2t, xp, q, queries[0])
+            attn_out = _image_to_tokens(i2t, xp, q, queries)
         x = layer.norm4(x + attn_out)
-    q = (queries + tokens)[0]
+    q = queries + tokens
     queries = queries + _tokens_to_image(tf.final_attn_token_to_image, q, x, x + pe)
-    hs = tf.norm_final_attn(queries)[0]
+    hs = tf.norm_final_attn(queries)  # (B, T, D)
 
-    iou = dec.iou_prediction_head(hs[0])[mask_slice]
-    if iou_floor is not None and not bool((iou > iou_floor).any()):
-        return None, iou[None]
+    iou = dec.iou_prediction_head(hs[:, 0])[:, mask_slice]
+    sel = torch.arange(b, device=iou.device)
+    if iou_floor is not None:
+        sel = torch.nonzero((iou > iou_floor).any(dim=1)).flatten()
     idx = range(dec.num_mask_tokens)[mask_slice]
-    hyper = torch.stack([dec.output_hypernetworks_mlps[i](hs[1 + i]) for i in idx])
-    low = _upscale(dec, x, (h, w), hyper)
-    return low[None], iou[None]
+    if len(sel) == 0:
+        return hs.new_zeros((0, len(idx), 4 * h, 4 * w)), iou, sel
+    hs = hs[sel]
+    hyper = torch.stack([dec.output_hypernetworks_mlps[i](hs[:, 1 + i]) for i in idx], dim=1)
+    x = x[sel] if x.dim() == 3 else x.expand(len(sel), -1, -1)
+    return _upscale(dec, x, (h, w), hyper), iou, sel
 
 
 def _cached_t2i(
     attn: Attention, q_in: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> torch.Tensor:
-    """Token-to-image attention with precomputed image keys ``k`` and values ``v``."""
+    """Token-to-image attention of (B, T, D) tokens with precomputed image keys and values."""
     h = attn.num_heads
     c = attn.internal_dim // h
-    q = _split(attn.q_proj(q_in), h)
-    a = torch.softmax(torch.bmm(q, _split(k, h).transpose(1, 2)) / math.sqrt(c), dim=-1)
-    out = torch.bmm(a, _split(v, h))  # (H, T, c)
-    return attn.out_proj(out.transpose(0, 1).reshape(q_in.shape[0], -1))
+    b, t, _ = q_in.shape
+    q = _heads(attn.q_proj(q_in), h)  # (B, H, T, c)
+    a = torch.softmax(q @ _heads(k, h).transpose(1, 2) / math.sqrt(c), dim=-1)
+    out = a @ _heads(v, h)  # (B, H, T, c)
+    return attn.out_proj(out.transpose(1, 2).reshape(b, t, -1))
