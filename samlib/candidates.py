@@ -125,6 +125,14 @@ def upsample_like_stock(
     return up.flatten(0, 1)[:k]
 
 
+def cpu_chunk(model: Sam, budget_bytes: int, minimum: int = 1) -> int:
+    """Prompts to decode at once on a CPU: as many as keep their image-token tensors
+    (one per prompt after the decoder's first layer) within ``budget_bytes``."""
+    h, w = model.prompt_encoder.image_embedding_size
+    per_prompt = h * w * model.prompt_encoder.embed_dim * 4
+    return max(minimum, budget_bytes // per_prompt)
+
+
 def _batches(n: int, stock_batch: int, chunk: int) -> list[tuple[int, int, int, int]]:
     """Decode chunks ``(start, end, stock_start, stock_size)`` covering n points in order.
 
@@ -187,9 +195,12 @@ def decode_candidates(
     if chunk is None:
         # Any chunking gives the same bits. On a CPU, small chunks keep the per-prompt
         # image-sized tensors in cache: vit_b, 64 points, one thread: 8.8 s at 64,
-        # 7.3 s at 8, 6.4 s at 4, 7.0 s at 2 (and 0.3 GB instead of 1.4 GB at 64).
+        # 7.3 s at 8, 6.4 s at 4, 7.0 s at 2 (and 0.3 GB instead of 1.4 GB at 64); the
+        # small demo model (8x smaller image tokens): 16 s at 4, 14.6 s at 16, 21.5 s at 64.
         # GPUs prefer whole stock batches.
-        chunk = params.points_per_batch if device.type != "cpu" else min(4, params.points_per_batch)
+        chunk = params.points_per_batch
+        if device.type == "cpu":
+            chunk = min(chunk, cpu_chunk(model, 8 * 2**20, minimum=4))
     thr = model.mask_threshold
     transform = ResizeLongestSide(model.image_encoder.img_size)
     cols: dict[str, list] = {k: [] for k in ("iou", "stab", "boxes", "points", "crop", "edge")}

@@ -1,28 +1,28 @@
 """Fast (approximate) segment-everything: several times faster, not identical to stock.
 
-Opt-in with ``segment_everything(..., fast=True)``. Three approximations:
+Opt-in with ``segment_everything(..., fast=True)``. Approximations:
 
-1. **Coarse-to-fine grid with covered points skipped**: the points of every
-   ``coarse_stride``-th row and column are decoded first, then the others; a point
-   that lies inside a mask already accepted (one that passes the thresholds, does not
-   touch a crop edge and covers at most ``max_cover_fraction`` of the crop) is not
-   decoded. Its masks would mostly be duplicates of the covering one, removed by NMS
-   anyway; the others (sub-parts or wholes of the covering object) are lost, so fast
-   mode can find fewer masks. The saving grows with how much of the image the objects
-   cover.
-2. **Reorganised decoder**: each point is decoded on its own by
+1. **Reorganised decoder**: points are decoded by
    :func:`samlib.fast_decoder.decode_fast_batch` (same weights and maths, sums in another
    order, several times less work on the image tokens), and the upscaling is skipped
    for points with no mask above ``pred_iou_thresh``. Logits differ from stock by
    rounding (about 1e-6 of their range), so a pixel whose logit sits that close to a
    cut-off can flip.
-
-3. **One-step upsampling** of the kept masks (:func:`upsample_once`).
+2. **One-step upsampling** of the kept masks (:func:`upsample_once`): boundaries can
+   move by a pixel.
+3. Optional, off by default: **coarse-to-fine grid with covered points skipped**
+   (``skip_covered=True``): the points of every ``coarse_stride``-th row and column are
+   decoded first, then the others that do not lie inside a mask already accepted (one
+   that passes the thresholds, does not touch a crop edge and covers at most
+   ``max_cover_fraction`` of the crop). It saves time where objects cover much of the
+   image, but a skipped point's own masks are lost: with the small demo model on the
+   DSB2018 sample it skipped 10 % of the points and lost 24 % of the masks, so it is not
+   the default.
 
 Everything else (stability at full resolution, NMS, crops, small-region clean-up, records)
 is the exact generator's. ``benchmarks/bench.py`` measures the difference to stock.
 Candidates from fast mode can only be refiltered to *stricter* thresholds than they were
-decoded with, and even then the skipped points make the result approximate.
+decoded with.
 """
 
 from __future__ import annotations
@@ -41,17 +41,18 @@ from segment_anything.utils.amg import (
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch.nn import functional as F
 
-from samlib.candidates import Candidates, Progress, _encode
+from samlib.candidates import Candidates, Progress, _encode, cpu_chunk
 from samlib.errors import ParameterError
 from samlib.fast_decoder import decode_fast_batch
 from samlib.genparams import GeneratorParams
 
 __all__ = ["coarse_to_fine", "fast_candidates"]
 
-# Points decoded at once on a CPU. The per-prompt image tensors (4 MB each for SAM) stay
-# in cache one at a time: vit_b, 144 points, one thread: 5.5 s at 1, 6.5 s at 2, 6.7 s
-# at 4, 8.5 s at 8. GPUs decode whole ``points_per_batch`` batches.
-CPU_CHUNK = 1
+# Bytes of per-prompt image tokens decoded at once on a CPU (see candidates.cpu_chunk):
+# SAM's are 4 MB, and one prompt at a time was fastest (vit_b, 144 points, one thread:
+# 5.5 s at 1, 6.5 s at 2, 6.7 s at 4, 8.5 s at 8); the small demo model's are 0.5 MB
+# (1,024 points: 7.1 s at 1, 6.0 s at 8, 6.5 s at 32). GPUs decode whole batches.
+CPU_CHUNK_BYTES = 4 * 2**20
 
 
 def coarse_to_fine(n_points: int, stride: int) -> np.ndarray:
@@ -75,7 +76,7 @@ def fast_candidates(
     embedding: Any = None,
     progress: Progress | None = None,
     coarse_stride: int = 2,
-    skip_covered: bool = True,
+    skip_covered: bool = False,
     max_cover_fraction: float = 0.1,
 ) -> Candidates:
     """Candidates for ``params``'s thresholds, decoded approximately (see module doc).
@@ -111,7 +112,9 @@ def fast_candidates(
         points = grids[layer] * np.array(csize)[None, ::-1]
         coords = torch.as_tensor(transform.apply_coords(points, csize), device=model.device)
         covered = np.zeros(csize, dtype=bool)
-        chunk = CPU_CHUNK if model.device.type == "cpu" else params.points_per_batch
+        chunk = params.points_per_batch
+        if model.device.type == "cpu":
+            chunk = cpu_chunk(model, CPU_CHUNK_BYTES)
         cover_max = max_cover_fraction * csize[0] * csize[1]
         order = coarse_to_fine(len(points), coarse_stride)
         n_coarse = int(np.ceil(np.sqrt(len(points)) / coarse_stride)) ** 2

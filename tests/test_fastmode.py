@@ -55,15 +55,12 @@ def test_fast_mode_records_are_sane(sharp_sam, skip):  # noqa: F811
 
 
 def test_fast_flag_in_public_api(sharp_sam):  # noqa: F811
-    recs = segment_everything(
-        sharp_sam,
-        colored_disks(),
-        fast=True,
-        points_per_side=4,
-        pred_iou_thresh=0.0,
-        stability_score_thresh=0.1,
-    )
+    params = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.1)
+    recs = segment_everything(sharp_sam, colored_disks(), fast=True, **params)
     assert recs and all(tuple(r) == RECORD_KEYS for r in recs)
+    # by default no point is skipped: one record per exact record, in the same order
+    exact = segment_everything(sharp_sam, colored_disks(), **params)
+    assert [r["point_coords"] for r in recs] == [r["point_coords"] for r in exact]
 
 
 @pytest.mark.parametrize("size", [(512, 512), (300, 700)])
