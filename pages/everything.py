@@ -18,7 +18,7 @@ state.context_caption(work, model)
 
 with st.sidebar:
     st.header("Generator")
-    params = everything_ui.generator_params_ui()
+    params = everything_ui.generator_params_ui(model)
     run_clicked = st.button(
         "Run segment everything",
         type="primary",
@@ -41,7 +41,7 @@ if run_clicked:
         emb = state.embedding_ui(model, work)
         extra = {k: params.pop(k) for k in ("iou_floor", "stability_floor", "fast")}
         if extra["fast"]:  # fast mode decodes at the current live thresholds
-            params.update(everything_ui.current_thresholds())
+            params.update(everything_ui.current_thresholds(model))
         run = run_everything(model, work, params, **extra, embedding=emb, progress=progress)
         st.session_state[state.EVERYTHING] = run
     bar.empty()
@@ -58,7 +58,7 @@ st.caption(
     f"with {run.model_name}."
 )
 
-filters = everything_ui.filter_ui(run)
+filters = everything_ui.filter_ui(run, model)
 result = everything_ui.apply_filters(run, filters)
 counts = st.container()  # filled below, once the area filter is known
 if not result.records:

@@ -151,19 +151,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--min-area", type=int, default=None)
     ap.add_argument("--max-area", type=int, default=None)
     ap.add_argument("--device", default=None)
+    ap.add_argument(
+        "--sam-thresholds",
+        action="store_true",
+        help="use SAM's default thresholds even where the registry suggests others for this model",
+    )
     args = ap.parse_args(argv)
     try:
         from samlib.display import to_rgb8
         from samlib.io import read_image
-        from samlib.models import default_model_name, load_model
+        from samlib.models import default_model_name, load_model, suggested_params
 
         name = args.model or default_model_name()
         model = load_model(name, device=args.device)
         rgb8 = to_rgb8(read_image(args.image))
         gt = read_image(args.gt_labels).data[0, :, :, 0]
+        params = {} if args.sam_thresholds else suggested_params(name)
         result = {
             "model": name,
-            **evaluate_model(model, rgb8, gt, min_area=args.min_area, max_area=args.max_area),
+            "generator_params": params or "SAM defaults",
+            **evaluate_model(
+                model, rgb8, gt, min_area=args.min_area, max_area=args.max_area, **params
+            ),
         }
     except SamlibError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -71,6 +71,10 @@ class ModelEntry:
         when ``package_file`` is true.
     package_file : bool
         The checkpoint ships inside the package (no download).
+    suggested_params : dict or None
+        Segment-everything thresholds suited to this model where SAM's defaults are not
+        (a model whose predicted IoU and stability run lower than SAM's); the app starts
+        its sliders there and ``evaluate-model`` uses them. ``None``: SAM's defaults.
     """
 
     name: str
@@ -82,6 +86,7 @@ class ModelEntry:
     file_format: str
     filename: str
     package_file: bool = False
+    suggested_params: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -305,6 +310,19 @@ def download_model(name: str, progress: Callable[[int, int | None], None] | None
 
 
 # -- reading and loading ----------------------------------------------------------------
+def suggested_params(model_or_name: Any) -> dict[str, float]:
+    """Segment-everything thresholds suggested for a model (empty: SAM's defaults).
+
+    Accepts a registry name or a model returned by :func:`load_model`.
+    """
+    name = model_or_name
+    if not isinstance(name, str):
+        info = getattr(model_or_name, "samlib_info", None)
+        name = info.name if info is not None else ""
+    entry = REGISTRY.get(name)
+    return dict(entry.suggested_params or {}) if entry is not None else {}
+
+
 def _entry(name: str) -> ModelEntry:
     try:
         return REGISTRY[name]
@@ -387,11 +405,14 @@ def _register_bundled() -> None:
             file_format="samlib",
             filename="weights/small_cnn.pt",
             package_file=True,
+            suggested_params=_SMALL_CNN_PARAMS,
         ),
         replace=True,
     )
 
 
+# Chosen by scripts/calibrate_thresholds.py on synthetic validation images.
+_SMALL_CNN_PARAMS: dict[str, float] | None = None
 _SMALL_CNN_SIZE: int | None = 1567957
 _SMALL_CNN_SHA256: str | None = "147c9025aff6ba83d61c37c4aa7d847422e55acda5893bf1a1353e09e0083a4e"
 _register_bundled()

@@ -427,3 +427,26 @@ def test_everything_views_work_with_rle_output_modes(app_env, mode):
     assert measured["area"].tolist() == records["area"].tolist()
     open_tab(at, "everything", "Gallery")
     assert sum(c.startswith("#") for c in image_captions(at)) == min(n, 24)
+
+
+def test_everything_starts_at_the_thresholds_suggested_for_the_model(app_env, monkeypatch):
+    import dataclasses
+
+    from samlib import models
+
+    # the injected checkpoint is known by its file stem; give it suggested thresholds
+    suggested = {"pred_iou_thresh": 0.2, "stability_score_thresh": 0.3}
+    entry = dataclasses.replace(
+        models.REGISTRY["small_cnn"], name=app_env.stem, suggested_params=suggested
+    )
+    monkeypatch.setitem(models.REGISTRY, app_env.stem, entry)
+    at = run_everything_page(seeded(new_app()))
+    assert at.slider(key="w_pred_iou_thresh").value == 0.2
+    assert at.slider(key="w_stability_score_thresh").value == 0.3
+    assert not [b for b in at.button if b.key == "use_suggested"]  # already in use
+    at.slider(key="w_pred_iou_thresh").set_value(0.9).run()
+    no_errors(at)
+    at.button(key="use_suggested").click().run()
+    no_errors(at)
+    assert at.slider(key="w_pred_iou_thresh").value == 0.2
+    assert at.slider(key="w_stability_score_thresh").value == 0.3

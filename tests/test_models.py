@@ -333,3 +333,14 @@ def test_pick_device_prefers_cuda(monkeypatch):
     assert models.pick_device().type in {"cpu", "cuda", "mps"}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert models.pick_device().type == "cuda"
+
+
+def test_suggested_params_by_name_and_by_loaded_model(tiny_checkpoint):
+    from samlib.models import load_model, suggested_params
+
+    assert suggested_params("vit_b") == {}  # SAM: its own defaults
+    assert suggested_params("no such model") == {}
+    small = suggested_params("small_cnn")
+    assert set(small) <= {"pred_iou_thresh", "stability_score_thresh"}
+    assert suggested_params(load_model("small_cnn")) == small
+    assert suggested_params(load_model(str(tiny_checkpoint))) == {}

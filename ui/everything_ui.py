@@ -10,15 +10,31 @@ import streamlit as st
 
 from samlib.everything_run import EverythingRun, FilteredRun, area_filter, refilter_run
 from samlib.genparams import OUTPUT_MODES, PARAM_HELP, GeneratorParams
+from samlib.models import suggested_params
 from samlib.session import WorkImage
 from ui import state
 
 DEFAULTS = GeneratorParams()
+LIVE = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh")
 
 
-def generator_params_ui() -> dict[str, Any]:
+def threshold_defaults(model: Any) -> dict[str, float]:
+    """Starting values of the live filters: SAM's defaults, or those suggested for the model."""
+    out = {name: float(getattr(DEFAULTS, name)) for name in LIVE}
+    out.update(suggested_params(model))
+    return out
+
+
+def _use_suggested(values: dict[str, float]) -> None:
+    for name, value in values.items():
+        st.session_state["w_" + name] = value
+        st.session_state[name] = value
+
+
+def generator_params_ui(model: Any = None) -> dict[str, Any]:
     """Parameters that need a model run (grid, crops, stability offset); return them."""
     h = PARAM_HELP
+    start = threshold_defaults(model)
     p: dict[str, Any] = {}
     p["points_per_side"] = state.kept(
         st.slider,
@@ -108,7 +124,7 @@ def generator_params_ui() -> dict[str, Any]:
             st.number_input,
             "Lowest pred_iou_thresh offered",
             "iou_floor",
-            0.5,
+            min(0.5, start["pred_iou_thresh"]),
             min_value=0.0,
             max_value=1.0,
             step=0.05,
@@ -119,7 +135,7 @@ def generator_params_ui() -> dict[str, Any]:
             st.number_input,
             "Lowest stability_score_thresh offered",
             "stability_floor",
-            0.5,
+            min(0.5, start["stability_score_thresh"]),
             min_value=0.0,
             max_value=1.0,
             step=0.05,
@@ -148,17 +164,33 @@ def param_help_ui() -> None:
     st.dataframe(rows, hide_index=True, width="stretch", key="param_help")
 
 
-def current_thresholds() -> dict[str, float]:
-    """The live-filter values the user last set (the workshop's defaults before any)."""
+def current_thresholds(model: Any = None) -> dict[str, float]:
+    """The live-filter values the user last set (the model's starting values before any)."""
+    start = threshold_defaults(model)
     names = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh")
-    return {n: float(st.session_state.get(n, getattr(DEFAULTS, n))) for n in names}
+    return {n: float(st.session_state.get(n, start[n])) for n in names}
 
 
-def filter_ui(run: EverythingRun) -> dict[str, float]:
+def filter_ui(run: EverythingRun, model: Any = None) -> dict[str, float]:
     """Live quality and duplicate filters (no model run); return their values."""
     names = ["pred_iou_thresh", "stability_score_thresh", "box_nms_thresh"]
     if run.params.get("crop_n_layers", 0):
         names.append("crop_nms_thresh")
+    start = threshold_defaults(model)
+    suggested = suggested_params(model)
+    now = {k: st.session_state.get("w_" + k, st.session_state.get(k, start[k])) for k in suggested}
+    if suggested and any(now[k] != v for k, v in suggested.items()):
+        text = ", ".join(f"{k} {v:g}" for k, v in suggested.items())
+        st.button(
+            f"Use the thresholds suggested for this model ({text})",
+            key="use_suggested",
+            icon=":material/tune:",
+            on_click=_use_suggested,
+            args=(suggested,),
+            help="This model's predicted IoU and stability run lower than SAM's, so SAM's "
+            "defaults keep few of its masks. The suggested values were chosen on synthetic "
+            "validation images.",
+        )
     f: dict[str, float] = {}
     for col, name in zip(st.columns(len(names)), names, strict=True):
         with col:
@@ -166,7 +198,7 @@ def filter_ui(run: EverythingRun) -> dict[str, float]:
                 st.slider,
                 name,
                 name,
-                getattr(DEFAULTS, name),
+                start[name],
                 min_value=0.0,
                 max_value=1.0,
                 step=0.01,
