@@ -37,7 +37,10 @@ def area(counts: np.ndarray) -> int:
 
 def to_uncompressed(counts: np.ndarray, size: tuple[int, int]) -> dict[str, Any]:
     """The stock generator's ``{"size": [H, W], "counts": [...]}`` dict."""
-    return {"size": [int(size[0]), int(size[1])], "counts": [int(c) for c in counts]}
+    return {
+        "size": [int(size[0]), int(size[1])],
+        "counts": np.asarray(counts, dtype=np.int64).tolist(),
+    }
 
 
 def to_coco(counts: np.ndarray, size: tuple[int, int]) -> dict[str, Any]:
