@@ -139,6 +139,7 @@ def match_fraction(approx, ref, thresh: float = 0.9) -> float:
 
 def stock_generator(model, emb: Embedding, **params) -> SamAutomaticMaskGenerator:
     """A stock generator whose predictor uses a given embedding instead of encoding."""
+    gen = SamAutomaticMaskGenerator(model, **params)
     pred = gen.predictor
 
     def set_image(image, image_format="RGB"):
