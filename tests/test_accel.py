@@ -46,7 +46,7 @@ def test_accelerated_encoder_matches_stock(rough_sam):
 
 @pytest.mark.parametrize(("window", "side"), [(4, 6), (0, 8), (0, 40)])
 def test_sdpa_block_equals_stock(window, side):
-    # side 40 = 1600 tokens takes the augmented (mask-free) path
+    # side 40 = 1600 tokens: queries are attended in two chunks (1024 + 576)
     torch.manual_seed(0)
     size = (side, side) if window == 0 else (window, window)
     blk = Block(32, 2, use_rel_pos=True, window_size=window, input_size=size)
