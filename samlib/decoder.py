@@ -65,6 +65,10 @@ class PointDecoder:
             self.k0 = layer.cross_attn_token_to_image.k_proj(k)
             self.v0 = layer.cross_attn_token_to_image.v_proj(self.keys)
             self.q0 = layer.cross_attn_image_to_token.q_proj(k)
+            # Contiguous copies for the element-wise additions of later layers: the sums
+            # are the same numbers, read several times faster than from permuted views.
+            self.keys_c = self.keys.contiguous()
+            self.key_pe_c = self.key_pe.contiguous()
             out = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
             self.output_tokens = out.unsqueeze(0)
 
@@ -147,7 +151,7 @@ class PointDecoder:
             k, v = self.k0.expand(b, -1, -1), self.v0.expand(b, -1, -1)
         else:
             # keys + key_pe is the same tensor in both cross attentions: add it once
-            kpe = keys + self.key_pe
+            kpe = keys + self.key_pe_c
             k, v = a.k_proj(kpe), a.v_proj(keys)
         queries = layer.norm2(queries + self._attend(a, q, k, v, tok_q=True))
         queries = layer.norm3(queries + self._tok(layer.mlp, queries))
@@ -156,7 +160,7 @@ class PointDecoder:
         q = self.q0.expand(b, -1, -1) if first else a.q_proj(kpe)
         k, v = self._tok(a.k_proj, qp), self._tok(a.v_proj, queries)
         attn_out = self._attend(a, q, k, v, tok_q=False)
-        keys = layer.norm4((self.keys if first else keys) + attn_out)
+        keys = layer.norm4((self.keys_c if first else keys) + attn_out)
         return queries, keys
 
     @torch.no_grad()
@@ -189,7 +193,7 @@ class PointDecoder:
             queries, keys = self._block(layer, queries, keys, tokens, first=i == 0)
         a = tf.final_attn_token_to_image
         q = self._tok(a.q_proj, queries + tokens)
-        k, v = a.k_proj(keys + self.key_pe), a.v_proj(keys)
+        k, v = a.k_proj(keys + self.key_pe_c), a.v_proj(keys)
         queries = queries + self._attend(a, q, k, v, tok_q=True)
         hs = tf.norm_final_attn(queries)
         iou = self._tok(dec.iou_prediction_head, hs[:, 0, :])[:, 1:]
