@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="generator parameter, e.g. points_per_side=16",
+        help="generator parameter, e.g. points_per_side=16 (default: SAM's, or the "
+        "thresholds the registry suggests for the model)",
     )
     p.add_argument("--fast", action="store_true", help="faster approximate mode")
     p.add_argument(

@@ -240,6 +240,9 @@ def cmd_everything(args: argparse.Namespace) -> int:
     GeneratorParams.from_kwargs(**params)  # refuse bad parameters before any slow step
     image, rgb, settings = _load_image(args)
     model = _load_model(args)
+    from samlib.models import suggested_params
+
+    params = {**suggested_params(model), **params}  # --set wins over the model's suggestion
     bar = _Bar("segment everything", enabled=not args.quiet)
     try:
         emb = _embedding(args, model, rgb, settings)

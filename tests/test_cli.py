@@ -263,3 +263,30 @@ def test_module_entry_point_exit_status(scene, tiny_checkpoint):
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("samlib: error:") and proc.stderr.count("\n") == 1
+
+
+def test_everything_starts_from_the_models_suggested_thresholds(scene, capsys):
+    from samlib.models import suggested_params
+
+    out_dir = scene / "every_small"
+    code, _, err = _run(
+        capsys,
+        "everything",
+        scene / "img.tif",
+        "--model",
+        "small_cnn",
+        "--set",
+        "points_per_side=4",
+        "--set",
+        "stability_score_thresh=0.42",
+        "--out",
+        out_dir,
+        "--quiet",
+    )
+    assert code == 0, err
+    used = json.loads((out_dir / "params.json").read_text())["parameters"]["generator"]
+    suggested = suggested_params("small_cnn")
+    assert used["stability_score_thresh"] == 0.42  # --set wins
+    for key, value in suggested.items():
+        if key != "stability_score_thresh":
+            assert used[key] == value
