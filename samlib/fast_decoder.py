@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from samlib.prompt_decoder import _image_terms
 
-__all__ = ["decode_fast", "decode_fast_batch"]
+__all__ = ["decode_fast"]
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -123,42 +123,17 @@ def decode_fast(
     sparse: torch.Tensor,
     dense: torch.Tensor | None,
     mask_slice: slice = slice(None),
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask decoder outputs for B prompt sets, as ``samlib.prompt_decoder.decode``.
-
-    Parameters
-    ----------
-    model, features, sparse, dense
-        As :func:`samlib.prompt_decoder.decode` (``sparse`` may hold B prompt sets).
-    mask_slice : slice
-        Which of the 1 + num_multimask_outputs mask tokens to compute logits for.
-
-    Returns
-    -------
-    low_res_logits : torch.Tensor
-        (B, M, 4h, 4w) for the selected mask tokens.
-    iou_pred : torch.Tensor
-        (B, M) predicted IoU of the selected mask tokens.
-    """
-    low, iou, _ = decode_fast_batch(model, features, sparse, dense, mask_slice)
-    return low, iou
-
-
-@torch.no_grad()
-def decode_fast_batch(
-    model: Sam,
-    features: torch.Tensor,
-    sparse: torch.Tensor,
-    dense: torch.Tensor | None,
-    mask_slice: slice = slice(None),
     iou_floor: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Decode B prompt sets at once; upscale only those with a mask above ``iou_floor``.
+    """Mask decoder outputs for B prompt sets, as :func:`samlib.prompt_decoder.decode` gives
+    for one; only prompt sets with a mask above ``iou_floor`` are upscaled.
 
     ``sparse`` is (B, T, C) prompt embeddings and ``dense`` None (no mask input, the
-    image-only terms are cached) or (B, C, h, w). Returns the logits (K, M, 4h, 4w) of
-    the K prompt sets with a selected mask's predicted IoU above ``iou_floor`` (all B
-    if None), the predicted IoUs (B, M) and the (K,) indices of those prompt sets.
+    image-only terms are cached) or (B, C, h, w); ``mask_slice`` selects which of the
+    1 + num_multimask_outputs mask tokens to compute (M of them). Returns the logits
+    (K, M, 4h, 4w) of the K prompt sets with a selected mask's predicted IoU above
+    ``iou_floor`` (all B if None), the predicted IoUs (B, M) and the (K,) indices of
+    those prompt sets.
     """
     dec = model.mask_decoder
     tf = dec.transformer

@@ -3,7 +3,7 @@
 Opt-in with ``segment_everything(..., fast=True)``. Approximations:
 
 1. **Reorganised decoder**: points are decoded by
-   :func:`samlib.fast_decoder.decode_fast_batch` (same weights and maths, sums in another
+   :func:`samlib.fast_decoder.decode_fast` (same weights and maths, sums in another
    order, several times less work on the image tokens), and the upscaling is skipped
    for points with no mask above ``pred_iou_thresh``. Logits differ from stock by
    rounding (about 1e-6 of their range), so a pixel whose logit sits that close to a
@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from samlib.candidates import Candidates, Progress, _encode, cpu_chunk
 from samlib.errors import ParameterError
-from samlib.fast_decoder import decode_fast_batch
+from samlib.fast_decoder import decode_fast
 from samlib.genparams import GeneratorParams
 
 __all__ = ["coarse_to_fine", "fast_candidates"]
@@ -134,7 +134,7 @@ def fast_candidates(
                     points=(coords[ids][:, None].float(), label), boxes=None, masks=None
                 )
                 floor = params.pred_iou_thresh if params.pred_iou_thresh > 0 else None
-                low, ious, sel = decode_fast_batch(
+                low, ious, sel = decode_fast(
                     model, emb.features, sparse, None, slice(1, None), floor
                 )
                 done += len(ids)

@@ -264,7 +264,7 @@ def predict(
             low, iou = decode(model, embedding.features, sparse, dense_in)
             low, iou = low[:, sel], iou[:, sel]
         else:
-            low, iou = decode_fast(model, embedding.features, sparse, dense_in, sel)
+            low, iou, _ = decode_fast(model, embedding.features, sparse, dense_in, sel)
         up = upscale_logits(model, low, embedding.input_size, original_size)
         masks.append(np.ascontiguousarray((up > model.mask_threshold)[0].cpu().numpy()))
         scores.append(iou[0].cpu().numpy())

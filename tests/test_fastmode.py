@@ -96,24 +96,22 @@ def test_batched_fast_decoder_equals_one_prompt_at_a_time(sharp_sam):
     import torch
 
     from samlib.embeddings import compute_embedding
-    from samlib.fast_decoder import decode_fast, decode_fast_batch
+    from samlib.fast_decoder import decode_fast
 
     emb = compute_embedding(sharp_sam, colored_disks())
     pts = torch.tensor([[[30.0, 40.0]], [[100.0, 20.0]], [[200.0, 150.0]], [[5.0, 250.0]]])
     labels = torch.ones((4, 1), dtype=torch.int)
     sparse, _ = sharp_sam.prompt_encoder(points=(pts, labels), boxes=None, masks=None)
-    low, iou, sel = decode_fast_batch(sharp_sam, emb.features, sparse, None, slice(1, None))
+    low, iou, sel = decode_fast(sharp_sam, emb.features, sparse, None, slice(1, None))
     assert low.shape[:2] == (4, 3) and iou.shape == (4, 3) and sel.tolist() == [0, 1, 2, 3]
     for b in range(4):
-        one_low, one_iou = decode_fast(sharp_sam, emb.features, sparse[b : b + 1], None)
+        one_low, one_iou, _ = decode_fast(sharp_sam, emb.features, sparse[b : b + 1], None)
         scale = float(one_low.abs().max())
         assert torch.allclose(low[b], one_low[0, 1:], rtol=0, atol=1e-5 * scale)
         assert torch.allclose(iou[b], one_iou[0, 1:], rtol=0, atol=1e-5)
     # only prompt sets with a mask above the floor are upscaled
     floor = float(iou.max(dim=1).values.median())
-    low2, iou2, sel2 = decode_fast_batch(
-        sharp_sam, emb.features, sparse, None, slice(1, None), floor
-    )
+    low2, iou2, sel2 = decode_fast(sharp_sam, emb.features, sparse, None, slice(1, None), floor)
     expect = [b for b in range(4) if bool((iou[b] > floor).any())]
     assert sel2.tolist() == expect and 0 < len(expect) < 4
     assert torch.allclose(low2, low[expect], rtol=0, atol=1e-5 * float(low.abs().max()))
