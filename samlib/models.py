@@ -384,7 +384,7 @@ def load_model(
 
 
 # -- the bundled small demo model --------------------------------------------------------
-# Trained from scratch on synthetic images by scripts/train_small_model.py (see
+# Trained from scratch on synthetic images by scripts/train_small_prompts.py (see
 # samlib/weights/small_cnn.json for data, parameters and metrics). Registered here so that
 # something runs offline; default_model_name() picks it only when no official checkpoint
 # is cached.
@@ -412,7 +412,10 @@ def _register_bundled() -> None:
 
 
 # Chosen by scripts/calibrate_thresholds.py on synthetic validation images.
-_SMALL_CNN_PARAMS: dict[str, float] | None = None
-_SMALL_CNN_SIZE: int | None = 1567957
-_SMALL_CNN_SHA256: str | None = "147c9025aff6ba83d61c37c4aa7d847422e55acda5893bf1a1353e09e0083a4e"
+_SMALL_CNN_PARAMS: dict[str, float] | None = {
+    "pred_iou_thresh": 0.6,
+    "stability_score_thresh": 0.9,
+}
+_SMALL_CNN_SIZE: int | None = 1579467
+_SMALL_CNN_SHA256: str | None = "7b3a2c1c9481d2efdf84ae5978bd0937c2499fd2713841712242334161ca1fa3"
 _register_bundled()

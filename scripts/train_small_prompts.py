@@ -8,9 +8,17 @@ outputs and the best one trained, half a jittered box), which gives the decoder 
 prompt-to-object examples per encoder pass. Loss on the 256 x 256 low-resolution masks:
 pixel BCE + positive-pixel BCE + Dice, plus the IoU head's squared error. AdamW with
 linear warm-up and cosine decay over ``--steps``; the checkpoint with the best
-validation IoU (synthetic held-out images) is kept.
+validation IoU (synthetic held-out images) is kept. A second stage continues from the
+first (``--init``) with new images, a correction click after each prompt (the previous
+logits as mask input, as in SAM's interactive training) and points on the background,
+which teach the IoU head that a mask matching no object is poor.
+
+The bundled model (one CPU thread, 20 + 102 minutes)::
 
     .venv/bin/python scripts/train_small_prompts.py --seed 0 --steps 800 \
+        --out /tmp/small_cnn_stage1.pt
+    .venv/bin/python scripts/train_small_prompts.py --seed 1 --steps 2200 --lr 1e-3 \
+        --val-every 200 --init /tmp/small_cnn_stage1.pt --n-background 4 --corrections 1 \
         --out samlib/weights/small_cnn.pt
 """
 
@@ -185,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = round(time.time() - t0, 1)
     save_checkpoint(model, args.out, SMALL_CNN)
     info = {
-        "base_model": "scratch (samlib.small_encoder.SMALL_CNN)",
+        "base_model": args.init or "scratch (samlib.small_encoder.SMALL_CNN)",
         "recipe": "scripts/train_small_prompts.py",
         "data": {
             "train": {
