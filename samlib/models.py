@@ -413,9 +413,9 @@ def _register_bundled() -> None:
 
 # Chosen by scripts/calibrate_thresholds.py on synthetic validation images.
 _SMALL_CNN_PARAMS: dict[str, float] | None = {
-    "pred_iou_thresh": 0.6,
-    "stability_score_thresh": 0.9,
+    "pred_iou_thresh": 0.3,
+    "stability_score_thresh": 0.95,
 }
 _SMALL_CNN_SIZE: int | None = 1579467
-_SMALL_CNN_SHA256: str | None = "7b3a2c1c9481d2efdf84ae5978bd0937c2499fd2713841712242334161ca1fa3"
+_SMALL_CNN_SHA256: str | None = "d38a84204cfdfbf664db263f2a1e009e63c9de6b1c86e87516859c0ea96ecaa5"
 _register_bundled()
