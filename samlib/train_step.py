@@ -101,15 +101,26 @@ def train_step(
                 logits, iou = _decode(model, emb, (pts, lab), boxes, prev, False)
                 loss, best = sam_loss(logits, iou, target, focal_weight)
                 total = total + loss
+    return total + background_loss(model, emb, sample, n_background, rng)
+
+
+def background_loss(
+    model: Sam, emb: torch.Tensor, sample: Sample, n: int, rng: np.random.Generator
+) -> torch.Tensor:
+    """IoU-head loss for ``n`` random background points: a mask there matches no object well.
+
+    The predicted IoU of each output learns its real IoU with the best-matching labelled
+    object (scalar tensor; 0 when ``n`` is 0 or the image has no background).
+    """
     bg = np.argwhere(sample.labels == 0)
-    if n_background and len(bg):
-        rc = bg[rng.integers(len(bg), size=n_background)]
-        pts = rc[:, None, ::-1].astype(np.float32)
-        lab = np.ones((n_background, 1), dtype=np.float32)
-        logits, iou = _decode(model, emb, (pts, lab), None, None, True)
-        real = _best_iou_any(logits.detach() > 0, low)
-        total = total + torch.nn.functional.mse_loss(iou, real)
-    return total
+    if not n or not len(bg):
+        return torch.zeros((), device=emb.device)
+    rc = bg[rng.integers(len(bg), size=n)]
+    pts = rc[:, None, ::-1].astype(np.float32)
+    lab = np.ones((n, 1), dtype=np.float32)
+    logits, iou = _decode(model, emb, (pts, lab), None, None, True)
+    real = _best_iou_any(logits.detach() > 0, sample.low.to(emb.device))
+    return torch.nn.functional.mse_loss(iou, real)
 
 
 @torch.no_grad()

@@ -50,7 +50,7 @@ from samlib.train_prompts import (  # noqa: E402
     prepare_sample,
     sample_points,
 )
-from samlib.train_step import _best_iou_any, _decode, validate  # noqa: E402
+from samlib.train_step import _decode, background_loss, validate  # noqa: E402
 
 RADIUS = (4.0, 11.0)
 
@@ -81,17 +81,6 @@ def _corrections(model, emb, s, target, logits, iou, points, boxes, rounds, rng)
         logits, iou = _decode(model, emb, (pts, lab), boxes, prev, False)
         loss = loss + _loss(logits, iou, target)
     return loss
-
-
-def _background(model, emb, s, n, rng):
-    """Teach the IoU head that a point on background gives a poor mask (MSE to real IoU)."""
-    bg = np.argwhere(s.labels == 0)
-    if n == 0 or len(bg) == 0:
-        return torch.zeros(())
-    rc = bg[rng.integers(len(bg), size=n)]
-    pts = rc[:, None, ::-1].astype(np.float32).copy()
-    logits, iou = _decode(model, emb, (pts, np.ones((n, 1), np.float32)), None, None, True)
-    return F.mse_loss(iou, _best_iou_any(logits.detach() > 0, s.low))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.corrections,
                     rng,
                 )
-            loss = loss + _background(model, embs[b : b + 1], s, args.n_background, rng)
+            loss = loss + background_loss(model, embs[b : b + 1], s, args.n_background, rng)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
