@@ -98,6 +98,7 @@ def fast_candidates(
     grids = params.grids()
     total = sum(len(grids[i]) for i in layer_idxs)
     transform = ResizeLongestSide(model.image_encoder.img_size)
+    floor = params.pred_iou_thresh if params.pred_iou_thresh > 0 else None
     rows: list[tuple[int, int, int, Any]] = []  # (crop, point index, mask index, data)
     done = skipped = 0
     for ci, (crop_box, layer) in enumerate(zip(crop_boxes, layer_idxs, strict=True)):
@@ -110,7 +111,9 @@ def fast_candidates(
             with torch.no_grad():
                 emb = compute_embedding(model, np.ascontiguousarray(crop))
         points = grids[layer] * np.array(csize)[None, ::-1]
-        coords = torch.as_tensor(transform.apply_coords(points, csize), device=model.device)
+        coords = torch.as_tensor(
+            transform.apply_coords(points, csize), dtype=torch.float, device=model.device
+        )
         covered = np.zeros(csize, dtype=bool)
         chunk = params.points_per_batch
         if model.device.type == "cpu":
@@ -131,9 +134,8 @@ def fast_candidates(
                 ids = todo[start : start + chunk]
                 label = torch.ones((len(ids), 1), dtype=torch.int, device=model.device)
                 sparse, _ = model.prompt_encoder(
-                    points=(coords[ids][:, None].float(), label), boxes=None, masks=None
+                    points=(coords[ids][:, None], label), boxes=None, masks=None
                 )
-                floor = params.pred_iou_thresh if params.pred_iou_thresh > 0 else None
                 low, ious, sel = decode_fast(
                     model, emb.features, sparse, None, slice(1, None), floor
                 )
