@@ -11,6 +11,7 @@ from segment_anything.modeling.image_encoder import Block
 from samlib import accel
 from samlib.arch import VIT_TINY, build_sam
 from samlib.embeddings import compute_embedding
+from samlib.workspace import workspace
 
 
 @pytest.fixture
@@ -66,3 +67,25 @@ def test_bf16_refused_when_unfaithful(rough_sam):
     assert info["bf16"] and 0.9 < info["cosine"] <= 1.0
     assert accel.accelerate(rough_sam, bf16="auto")["bf16"] is False
     accel.restore(rough_sam)
+
+
+@pytest.mark.parametrize(("window", "side"), [(4, 6), (0, 8)])
+def test_block_forward_in_workspace_equals_stock(window, side):
+    # in-place residuals and reused MLP buffers: the same block output, call after call
+    torch.manual_seed(0)
+    size = (side, side) if window == 0 else (window, window)
+    blk = Block(32, 2, use_rel_pos=True, window_size=window, input_size=size)
+    with torch.no_grad():
+        blk.attn.rel_pos_h.normal_(0, 0.3)
+        x1, x2 = torch.randn(2, 2, side, side, 32)
+        ref1, ref2 = blk(x1), blk(x2)
+        blk.attn.forward = accel.sdpa_forward.__get__(blk.attn)
+        blk.forward = accel.block_forward.__get__(blk)
+        with workspace():
+            ours1 = blk(x1).clone()
+            ours2 = blk(x2)
+    torch.testing.assert_close(ours1, ref1, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(ours2, ref2, atol=2e-5, rtol=1e-5)
+    x = torch.randn(1, side, side, 32, requires_grad=True)
+    blk(x).sum().backward()  # with autograd: the stock code, no in-place sums
+    assert x.grad is not None and x.grad.abs().sum() > 0
