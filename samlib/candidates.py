@@ -34,6 +34,7 @@ from samlib.decoder import PointDecoder
 from samlib.errors import ParameterError
 from samlib.genparams import GeneratorParams
 from samlib.rle import encode
+from samlib.workspace import buffer, workspace
 
 Progress = Callable[[int, int], None]
 
@@ -115,13 +116,21 @@ def upsample_like_stock(
     The stock generator upsamples (B, 3, L, L) tensors, and PyTorch's CPU bilinear kernel
     gives other bits for other channel counts (seen with one thread). The K masks are
     therefore packed three per item, zero-padded, which reproduces the stock bits whatever
-    the order, and only the K chosen masks are upsampled. Returns (K, H, W) logits.
+    the order, and only the K chosen masks are upsampled. Returns (K, H, W) logits (in a
+    scratch buffer when called inside a :func:`samlib.workspace.workspace`).
     """
     k = low.shape[0]
     pad = -k % 3
     if pad:
         low = torch.cat([low, low.new_zeros((pad, *low.shape[1:]))])
-    up = model.postprocess_masks(low.reshape(-1, 3, *low.shape[1:]), input_size, original_size)
+    low = low.reshape(-1, 3, *low.shape[1:])
+    # Sam.postprocess_masks, with both resizes written into reused buffers (same kernel)
+    size = model.image_encoder.img_size
+    full = buffer("postprocess_full", (*low.shape[:2], size, size), low)
+    torch._C._nn.upsample_bilinear2d(low, (size, size), False, None, None, out=full)
+    crop = full[..., : input_size[0], : input_size[1]]
+    up = buffer("postprocess_out", (*low.shape[:2], *original_size), low)
+    torch._C._nn.upsample_bilinear2d(crop, tuple(original_size), False, None, None, out=up)
     return up.flatten(0, 1)[:k]
 
 
@@ -133,20 +142,7 @@ def cpu_chunk(model: Sam, budget_bytes: int, minimum: int = 1) -> int:
     return max(minimum, budget_bytes // per_prompt)
 
 
-def _batches(n: int, stock_batch: int, chunk: int) -> list[tuple[int, int, int, int]]:
-    """Decode chunks ``(start, end, stock_start, stock_size)`` covering n points in order.
-
-    Each chunk lies inside one batch of the stock generator (``stock_batch`` points per
-    batch), which the decoder needs to reproduce the stock bits (see
-    :meth:`samlib.decoder.PointDecoder.decode_sparse`).
-    """
-    spans = []
-    for s in range(0, n, stock_batch):
-        e = min(s + stock_batch, n)
-        spans += [(a, min(a + chunk, e), s, e - s) for a in range(s, e, chunk)]
-    return spans
-
-
+@workspace()
 def decode_candidates(
     model: Sam,
     rgb8: np.ndarray,
@@ -177,8 +173,9 @@ def decode_candidates(
     progress : callable, optional
         Called as ``progress(done, total)`` in grid points, after each decoded chunk.
     chunk : int, optional
-        Prompts decoded at once (default ``points_per_batch``); any chunking gives the
-        same bits, smaller chunks use less memory.
+        Prompts whose image tokens are processed at once within each stock batch of
+        ``points_per_batch`` (default: the whole batch); any chunking gives the same
+        bits, smaller chunks use less memory for the temporary tensors.
     """
     from samlib.embeddings import compute_embedding
 
@@ -194,10 +191,10 @@ def decode_candidates(
     device = model.device
     if chunk is None:
         # Any chunking gives the same bits. On a CPU, small chunks keep the per-prompt
-        # image-sized tensors in cache: vit_b, 64 points, one thread: 8.8 s at 64,
-        # 7.3 s at 8, 6.4 s at 4, 7.0 s at 2 (and 0.3 GB instead of 1.4 GB at 64); the
-        # small demo model (8x smaller image tokens): 16 s at 4, 14.6 s at 16, 21.5 s at 64.
-        # GPUs prefer whole stock batches.
+        # image-sized temporaries in cache: vit_b, 144 points, two threads: 5.0 s at 4,
+        # 6.1 s at 8, 7.2 s at 16, 7.8 s at 64; the small demo model (8x smaller image
+        # tokens), earlier code: 16 s at 4, 14.6 s at 16, 21.5 s at 64. GPUs prefer whole
+        # stock batches.
         chunk = params.points_per_batch
         if device.type == "cpu":
             chunk = min(chunk, cpu_chunk(model, 8 * 2**20, minimum=4))
@@ -221,44 +218,46 @@ def decode_candidates(
                 emb = compute_embedding(model, np.ascontiguousarray(crop))
         dec = PointDecoder(model, emb.features)
         points = grids[layer] * np.array(csize)[None, ::-1]
-        for s, e, s0, n0 in _batches(len(points), params.points_per_batch, chunk):
-            pts = points[s:e]
-            coords = torch.as_tensor(transform.apply_coords(pts, csize), device=device)
-            floor = iou_floor if iou_floor > 0 else None
-            low, iou, sel = dec.decode_points(coords, n0, s - s0, floor)
-            keep = iou[sel].flatten() > iou_floor if floor is not None else None
-            # candidate index = prompt * 3 + mask, in the stock order
-            idx = (sel[:, None] * 3 + torch.arange(3, device=sel.device)).flatten()
-            low = low.flatten(0, 1)
-            if keep is not None:
-                idx, low = idx[keep], low[keep]
-            iou = iou.flatten()
-            if len(idx):
-                logits = upsample_like_stock(model, low, emb.input_size, emb.original_size)
-                del low
-                stab = calculate_stability_score(logits, thr, params.stability_score_offset)
-                k2 = (
-                    stab >= stability_floor
-                    if stability_floor > 0
-                    else torch.ones_like(stab, dtype=torch.bool)
-                )
-                logits, stab, idx = logits[k2], stab[k2], idx[k2]
-                binary = logits > thr
-                del logits
-                boxes = batched_mask_to_box(binary)
-                edge = is_box_near_crop_edge(boxes, crop_box, [0, 0, w, h])
-                pt = torch.as_tensor(pts.repeat(3, axis=0))[idx.cpu()]
-                cols["iou"].append(iou[idx].cpu())
-                cols["stab"].append(stab.cpu())
-                cols["boxes"].append(boxes.cpu())
-                cols["points"].append(pt + torch.tensor([[x0, y0]]))
-                cols["crop"].append(torch.full((len(idx),), ci, dtype=torch.int64))
-                cols["edge"].append(edge.cpu())
-                rles += _encode(binary, crop_box, (h, w))
-                del binary
-            done += e - s
-            if progress is not None:
-                progress(done, total)
+        floor = iou_floor if iou_floor > 0 else None
+        for b0 in range(0, len(points), params.points_per_batch):
+            batch = points[b0 : b0 + params.points_per_batch]
+            coords = torch.as_tensor(transform.apply_coords(batch, csize), device=device)
+            ious, parts = dec.decode(coords, chunk, floor)
+            for s, e, sel, low in parts:
+                pts, iou = batch[s:e], ious[s:e]
+                keep = iou[sel].flatten() > iou_floor if floor is not None else None
+                # candidate index = prompt * 3 + mask, in the stock order
+                idx = (sel[:, None] * 3 + torch.arange(3, device=sel.device)).flatten()
+                low = low.flatten(0, 1)
+                if keep is not None:
+                    idx, low = idx[keep], low[keep]
+                iou = iou.flatten()
+                if len(idx):
+                    logits = upsample_like_stock(model, low, emb.input_size, emb.original_size)
+                    del low
+                    stab = calculate_stability_score(logits, thr, params.stability_score_offset)
+                    k2 = (
+                        stab >= stability_floor
+                        if stability_floor > 0
+                        else torch.ones_like(stab, dtype=torch.bool)
+                    )
+                    logits, stab, idx = logits[k2], stab[k2], idx[k2]
+                    binary = logits > thr
+                    del logits
+                    boxes = batched_mask_to_box(binary)
+                    edge = is_box_near_crop_edge(boxes, crop_box, [0, 0, w, h])
+                    pt = torch.as_tensor(pts.repeat(3, axis=0))[idx.cpu()]
+                    cols["iou"].append(iou[idx].cpu())
+                    cols["stab"].append(stab.cpu())
+                    cols["boxes"].append(boxes.cpu())
+                    cols["points"].append(pt + torch.tensor([[x0, y0]]))
+                    cols["crop"].append(torch.full((len(idx),), ci, dtype=torch.int64))
+                    cols["edge"].append(edge.cpu())
+                    rles += _encode(binary, crop_box, (h, w))
+                    del binary
+                done += e - s
+                if progress is not None:
+                    progress(done, total)
 
     def cat(key: str, empty: torch.Tensor) -> torch.Tensor:
         return torch.cat(cols[key]) if cols[key] else empty

@@ -13,15 +13,22 @@ batch of one takes other kernels than larger batches. So prompts may be decoded 
 chunks of a stock batch, but token-side layers run on a zero-padded copy of the whole
 stock batch (cheap: a few rows per prompt) and a lone prompt is computed as a batch of
 two where that matters. A :class:`PointDecoder` keeps per-call state: use one per thread.
+
+Inside a :func:`samlib.workspace.workspace`, the image-sized intermediates go to reused
+buffers and element-wise steps run in place (same operations, same bits): on a CPU,
+paging in fresh memory for them took a fifth of the decoding time.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
+
+from samlib.workspace import buffer
 
 
 def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -32,6 +39,51 @@ def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
 def _merge(x: torch.Tensor) -> torch.Tensor:
     b, n, t, c = x.shape
     return x.transpose(1, 2).reshape(b, t, n * c)
+
+
+def _merge_into(x: torch.Tensor, name: str) -> torch.Tensor:
+    """:func:`_merge` written into scratch buffer ``name`` (the same copy)."""
+    b, n, t, c = x.shape
+    out = buffer(name, (b, t, n * c), x)
+    out.view(b, t, n, c).copy_(x.transpose(1, 2))
+    return out
+
+
+def _contiguous_into(x: torch.Tensor, name: str) -> torch.Tensor:
+    """``x.contiguous()`` in scratch buffer ``name`` (matmul makes this copy itself)."""
+    out = buffer(name, x.shape, x)
+    out.copy_(x)
+    return out
+
+
+def linear_into(lin: torch.nn.Linear, x: torch.Tensor, name: str) -> torch.Tensor:
+    """``lin(x)`` for contiguous ``x``, written into scratch buffer ``name`` (same kernel)."""
+    flat = x.view(-1, x.shape[-1])
+    out = buffer(name, (flat.shape[0], lin.out_features), x)
+    torch.addmm(lin.bias, flat, lin.weight.t(), out=out)
+    return out.view(*x.shape[:-1], lin.out_features)
+
+
+def upscale(dec: torch.nn.Module, src: torch.Tensor) -> torch.Tensor:
+    """``dec.output_upscaling(src)``, with LayerNorm2d and GELU in place (same bits).
+
+    Stock ``LayerNorm2d`` computes ``x - u`` twice and allocates five image-sized
+    tensors; here they are one subtraction in place and one reused buffer.
+    """
+    conv1, ln, act1, conv2, act2 = dec.output_upscaling
+    x = conv1(src)
+    gelus = type(act1) is torch.nn.GELU and type(act2) is torch.nn.GELU
+    if not (x.is_contiguous() and gelus and type(ln).__name__ == "LayerNorm2d"):
+        return act2(conv2(act1(ln(x))))
+    u = x.mean(1, keepdim=True)
+    x.sub_(u)
+    sq = torch.pow(x, 2, out=buffer("upscale_sq", x.shape, x))
+    s = sq.mean(1, keepdim=True)
+    x.div_(torch.sqrt(s + ln.eps))
+    x.mul_(ln.weight[:, None, None]).add_(ln.bias[:, None, None])
+    torch.ops.aten.gelu_(x, approximate=act1.approximate)
+    y = conv2(x)
+    return torch.ops.aten.gelu_(y, approximate=act2.approximate)
 
 
 class PointDecoder:
@@ -71,6 +123,7 @@ class PointDecoder:
             self.key_pe_c = self.key_pe.contiguous()
             out = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
             self.output_tokens = out.unsqueeze(0)
+        self._kv_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @torch.no_grad()
     def sparse(self, coords: torch.Tensor) -> torch.Tensor:
@@ -83,140 +136,156 @@ class PointDecoder:
 
     @torch.no_grad()
     def __call__(
-        self, coords: torch.Tensor, stock_batch: int | None = None, offset: int = 0
+        self, coords: torch.Tensor, chunk: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Low-resolution logits (B, 3, 4h, 4w) and predicted IoUs (B, 3) of B points.
+        """Low-resolution logits (B, 3, 4h, 4w) and predicted IoUs (B, 3) of a stock batch
+        of B points (see :meth:`decode`)."""
+        iou, parts = self.decode(coords, chunk or coords.shape[0])
+        return torch.cat([low for _, _, _, low in parts]), iou
+
+    @torch.no_grad()
+    def decode(
+        self, coords: torch.Tensor, chunk: int, iou_floor: float | None = None
+    ) -> tuple[torch.Tensor, Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]]:
+        """Decode one stock batch of points, the image-side work ``chunk`` prompts at a time.
 
         ``coords`` is (B, 2) XY in the model's input frame (after ResizeLongestSide),
-        float64 or float32, exactly as the stock generator passes it. ``stock_batch`` and
-        ``offset`` say which stock batch these points belong to and where (see
-        :meth:`decode_sparse`).
-        """
-        self._n, self._off = stock_batch or coords.shape[0], offset
-        masks, iou, _ = self.decode_sparse(self._tok(self.sparse, coords), stock_batch, offset)
-        return masks, iou
+        float64 or float32, exactly as the stock generator passes one batch of
+        ``points_per_batch`` points. The transformer runs layer by layer on the whole
+        batch: the token-side layers (a few rows per prompt) on all B prompts at once as
+        in the stock decoder, the image-side ones (thousands of rows per prompt) a chunk
+        at a time.
 
-    @torch.no_grad()
-    def decode_points(
-        self, coords: torch.Tensor, stock_batch: int, offset: int, iou_floor: float | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """As :meth:`decode_sparse`, from (B, 2) XY points in the input frame."""
-        self._n, self._off = stock_batch, offset
-        return self.decode_sparse(self._tok(self.sparse, coords), stock_batch, offset, iou_floor)
-
-    def _tok(self, fn, x: torch.Tensor, *more: torch.Tensor) -> torch.Tensor:
-        """Apply ``fn`` to per-prompt rows x (b, ...) laid out as in the stock batch.
-
-        Small matrix products give bits that depend on the number of rows, so token-side
-        layers run on a zero-padded batch of the stock size, our rows at their stock
-        positions; the image-side layers (thousands of rows per prompt) do not need it.
-        """
-        n, off, b = self._n, self._off, x.shape[0]
-        if n == b:
-            return fn(x, *more)
-        padded = []
-        for t in (x, *more):
-            full = t.new_zeros((n, *t.shape[1:]))
-            full[off : off + b] = t
-            padded.append(full)
-        return fn(*padded)[off : off + b]
-
-    def _attend(self, attn: Attention, q, k, v, *, tok_q: bool) -> torch.Tensor:
-        """Stock ``Attention.forward`` on projected q, k, v; out_proj as token- or image-side."""
-        n = attn.num_heads
-        one = self._dup
-        if one:
-            q, k, v = (t.expand(2, -1, -1) for t in (q, k, v))
-        q, k, v = _heads(q, n), _heads(k, n), _heads(v, n)
-        a = q @ k.permute(0, 1, 3, 2)
-        a = a / math.sqrt(q.shape[-1])
-        a = torch.softmax(a, dim=-1)
-        out = _merge(a @ v)
-        if one:
-            out = out[:1]
-        return self._tok(attn.out_proj, out) if tok_q else attn.out_proj(out)
-
-    def _block(self, layer, queries, keys, query_pe, first: bool):
-        """One TwoWayAttentionBlock; ``first`` uses the shared image-side projections."""
-        b = queries.shape[0]
-        if layer.skip_first_layer_pe:
-            queries = self._tok(lambda t: layer.self_attn(q=t, k=t, v=t), queries)
-        else:
-            q = queries + query_pe
-            queries = queries + self._tok(lambda t, v: layer.self_attn(q=t, k=t, v=v), q, queries)
-        queries = layer.norm1(queries)
-        a = layer.cross_attn_token_to_image
-        q = self._tok(a.q_proj, queries + query_pe)
-        if first:
-            k, v = self.k0.expand(b, -1, -1), self.v0.expand(b, -1, -1)
-        else:
-            # keys + key_pe is the same tensor in both cross attentions: add it once
-            kpe = keys + self.key_pe_c
-            k, v = a.k_proj(kpe), a.v_proj(keys)
-        queries = layer.norm2(queries + self._attend(a, q, k, v, tok_q=True))
-        queries = layer.norm3(queries + self._tok(layer.mlp, queries))
-        a = layer.cross_attn_image_to_token
-        qp = queries + query_pe
-        q = self.q0.expand(b, -1, -1) if first else a.q_proj(kpe)
-        k, v = self._tok(a.k_proj, qp), self._tok(a.v_proj, queries)
-        attn_out = self._attend(a, q, k, v, tok_q=False)
-        keys = layer.norm4((self.keys_c if first else keys) + attn_out)
-        return queries, keys
-
-    @torch.no_grad()
-    def decode_sparse(
-        self,
-        sparse: torch.Tensor,
-        stock_batch: int | None = None,
-        offset: int = 0,
-        iou_floor: float | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Decode prompt embeddings (B, T, C); multimask output as in the stock decoder.
-
-        The prompts are rows ``offset:offset+B`` of a stock batch of ``stock_batch``
-        prompts (default: a batch of their own), which fixes the bits of the result.
-
-        Returns the logits (K, 3, 4h, 4w) of the K prompts that have a mask with
-        predicted IoU above ``iou_floor`` (all prompts if None; the upscaling of the
-        others is skipped), the predicted IoUs (B, 3) and the (K,) prompt indices.
+        Returns the predicted IoUs (B, 3) of the multimask outputs and an iterator over
+        the chunks: ``(start, end, sel, low)`` with ``sel`` the indices (within the
+        chunk) of prompts that have a mask above ``iou_floor`` (all if None) and ``low``
+        their logits (len(sel), 3, 4h, 4w), upscaled only when the chunk is reached.
         """
         dec = self.dec
         tf = dec.transformer
-        b = sparse.shape[0]
-        self._n, self._off = stock_batch or b, offset
-        tokens = torch.cat((self.output_tokens.expand(b, -1, -1), sparse), dim=1)
-        # Some kernels treat a batch of one differently: a lone prompt of a larger stock
-        # batch is computed as a batch of two where that matters.
-        self._dup = b == 1 and self._n > 1
-        queries, keys = tokens, None
+        n = coords.shape[0]
+        tokens = torch.cat((self.output_tokens.expand(n, -1, -1), self.sparse(coords)), dim=1)
+        spans = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+        keys: list[torch.Tensor | None] = [None] * len(spans)
+        queries = tokens
         for i, layer in enumerate(tf.layers):
-            queries, keys = self._block(layer, queries, keys, tokens, first=i == 0)
+            first = i == 0
+            if layer.skip_first_layer_pe:
+                queries = layer.self_attn(q=queries, k=queries, v=queries)
+            else:
+                q = queries + tokens
+                queries = queries + layer.self_attn(q=q, k=q, v=queries)
+            queries = layer.norm1(queries)
+            queries = layer.norm2(
+                queries
+                + self._to_image(layer.cross_attn_token_to_image, queries + tokens, keys, spans)
+            )
+            queries = layer.norm3(queries + layer.mlp(queries))
+            a = layer.cross_attn_image_to_token
+            k_tok, v_tok = a.k_proj(queries + tokens), a.v_proj(queries)
+            for j, (s, e) in enumerate(spans):
+                keys[j] = self._to_tokens(
+                    a, layer.norm4, k_tok[s:e], v_tok[s:e], None if first else keys[j], n
+                )
         a = tf.final_attn_token_to_image
-        q = self._tok(a.q_proj, queries + tokens)
-        k, v = a.k_proj(keys + self.key_pe_c), a.v_proj(keys)
-        queries = queries + self._attend(a, q, k, v, tok_q=True)
+        queries = queries + self._to_image(a, queries + tokens, keys, spans)
         hs = tf.norm_final_attn(queries)
-        iou = self._tok(dec.iou_prediction_head, hs[:, 0, :])[:, 1:]
+        iou = dec.iou_prediction_head(hs[:, 0, :])[:, 1:]
         hyper = torch.stack(
-            [
-                self._tok(mlp, hs[:, 1 + i, :])
-                for i, mlp in enumerate(dec.output_hypernetworks_mlps)
-            ],
-            dim=1,
+            [mlp(hs[:, 1 + i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1
         )
-        sel = torch.arange(b, device=iou.device)
-        if iou_floor is not None:
-            sel = torch.nonzero((iou > iou_floor).any(dim=1)).flatten()
-            keys, hyper = keys[sel], hyper[sel]
-        k = len(sel)
+
+        def chunks() -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+            for j, (s, e) in enumerate(spans):
+                sel = torch.arange(e - s, device=iou.device)
+                if iou_floor is not None:
+                    sel = torch.nonzero((iou[s:e] > iou_floor).any(dim=1)).flatten()
+                yield s, e, sel, self._masks(keys[j][sel], hyper[s:e][sel], n)
+                keys[j] = None
+
+        return iou, chunks()
+
+    def _to_image(
+        self,
+        attn: Attention,
+        q_in: torch.Tensor,
+        keys: list[torch.Tensor | None],
+        spans: list[tuple[int, int]],
+    ) -> torch.Tensor:
+        """Token-to-image attention of all prompts: projections of the tokens at once,
+        attention over each chunk's image tokens (``None``: the first layer's)."""
+        q = _heads(attn.q_proj(q_in), attn.num_heads)
+        n = q_in.shape[0]
+        out = []
+        for (s, e), x in zip(spans, keys, strict=True):
+            b = e - s
+            if x is None:
+                kt, v = self._first_kv(b)
+            else:
+                kpe = torch.add(x, self.key_pe_c, out=buffer("kpe", x.shape, x))
+                kt = _heads(linear_into(attn.k_proj, kpe, "k"), attn.num_heads).transpose(2, 3)
+                v = _heads(linear_into(attn.v_proj, x, "v"), attn.num_heads)
+            if b == 1 and n > 1:  # a lone prompt: computed as a batch of two
+                qs, kt, v = (t.expand(2, -1, -1, -1) for t in (q[s:e], kt, v))
+                a = torch.softmax((qs @ kt) / math.sqrt(qs.shape[-1]), dim=-1)
+                out.append(_merge(a @ v)[:1])
+                continue
+            if x is not None:  # the copies matmul would make, into buffers
+                kt, v = _contiguous_into(kt, "attn_kt"), _contiguous_into(v, "attn_v")
+            a = torch.softmax((q[s:e] @ kt) / math.sqrt(q.shape[-1]), dim=-1)
+            out.append(_merge(a @ v))
+        return attn.out_proj(torch.cat(out))
+
+    def _first_kv(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """First-layer image keys (transposed) and values, in per-head layout, batch b."""
+        cache = self._kv_cache
+        if b not in cache:
+            h = self.dec.transformer.layers[0].cross_attn_token_to_image.num_heads
+            kt = _heads(self.k0.expand(b, -1, -1), h).permute(0, 1, 3, 2).contiguous()
+            cache[b] = (kt, _heads(self.v0.expand(b, -1, -1), h).contiguous())
+        return cache[b]
+
+    def _to_tokens(
+        self,
+        attn: Attention,
+        norm: torch.nn.Module,
+        k_tok: torch.Tensor,
+        v_tok: torch.Tensor,
+        x: torch.Tensor | None,
+        n: int,
+    ) -> torch.Tensor:
+        """Image-to-token attention of one chunk's image tokens ``x`` (None: the first
+        layer's), residual and norm: the chunk's new image tokens."""
+        h = attn.num_heads
+        b = k_tok.shape[0]
+        if x is None:
+            q, base = self.q0.expand(b, -1, -1), self.keys_c
+        else:
+            kpe = torch.add(x, self.key_pe_c, out=buffer("kpe", x.shape, x))
+            q, base = linear_into(attn.q_proj, kpe, "q"), x
+        q, k, v = _heads(q, h), _heads(k_tok, h), _heads(v_tok, h)
+        if b == 1 and n > 1:  # a lone prompt: computed as a batch of two
+            q, k, v = (t.expand(2, -1, -1, -1) for t in (q, k, v))
+            a = torch.softmax((q @ k.permute(0, 1, 3, 2)) / math.sqrt(q.shape[-1]), dim=-1)
+            return norm(base + attn.out_proj(_merge(a @ v)[:1]))
+        a = q @ k.permute(0, 1, 3, 2)
+        a.div_(math.sqrt(q.shape[-1]))
+        a = torch.softmax(a, dim=-1, out=buffer("attn_softmax", a.shape, a))
+        out = linear_into(attn.out_proj, _merge_into(a @ v, "attn_merged"), "attn_out")
+        return norm(out.add_(base))  # the stock sum base + out, in the scratch buffer
+
+    def _masks(self, keys: torch.Tensor, hyper: torch.Tensor, n: int) -> torch.Tensor:
+        """Upscaled multimask logits (K, 3, 4h, 4w) of K prompts' image tokens."""
+        dec = self.dec
+        k = keys.shape[0]
         _, c, h, w = self.shape
         if k == 0:
-            return hyper.new_zeros((0, 3, 4 * h, 4 * w)), iou, sel
-        if k == 1 and self._n > 1:
+            return hyper.new_zeros((0, 3, 4 * h, 4 * w))
+        if k == 1 and n > 1:
             src = torch.cat([keys, keys]).transpose(1, 2).view(2, c, h, w)
-            up = dec.output_upscaling(src)[:1]
+            up = upscale(dec, src)[:1]
         else:
-            up = dec.output_upscaling(keys.transpose(1, 2).view(k, c, h, w))
+            up = upscale(dec, keys.transpose(1, 2).view(k, c, h, w))
         _, c, h, w = up.shape
         masks = (hyper @ up.view(k, c, h * w)).view(k, -1, h, w)
-        return masks[:, 1:], iou, sel
+        return masks[:, 1:]

@@ -8,8 +8,8 @@ as the arithmetic itself (writing a new 32 MB tensor: 11 ms; an already-touched 
 :func:`buffer` for its scratch tensors by name and gets the same memory back on every
 later call with that name; outside a workspace, :func:`buffer` allocates as usual.
 
-Each thread has its own workspace; the buffers are released when the outermost
-``with workspace():`` block ends.
+Each thread has its own workspace; a nested ``with workspace():`` block has its own buffers
+(the outer ones return when it ends), and the buffers are released when their block ends.
 """
 
 from __future__ import annotations
@@ -32,15 +32,13 @@ _STATE = _State()
 
 @contextmanager
 def workspace() -> Iterator[None]:
-    """Keep scratch buffers for the duration of the block (nested blocks share them)."""
-    if _STATE.buffers is not None:
-        yield
-        return
+    """Keep scratch buffers for the duration of the block (usable as a decorator too)."""
+    outer = _STATE.buffers
     _STATE.buffers = {}
     try:
         yield
     finally:
-        _STATE.buffers = None
+        _STATE.buffers = outer
 
 
 def active() -> bool:

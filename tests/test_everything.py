@@ -8,7 +8,7 @@ import torch
 from segment_anything import SamAutomaticMaskGenerator
 from skimage.draw import disk
 
-from samlib.candidates import _batches, upsample_like_stock
+from samlib.candidates import upsample_like_stock
 from samlib.decoder import PointDecoder
 from samlib.errors import ImageError, ParameterError
 from samlib.everything import (
@@ -107,18 +107,9 @@ def test_point_decoder_is_bit_identical(sharp_sam):
     assert torch.equal(m, ref_m) and torch.equal(i, ref_i)
 
 
-@pytest.mark.parametrize(("n", "stock", "chunk"), [(10, 64, 4), (65, 64, 8), (9, 3, 8), (30, 7, 3)])
-def test_decode_chunks_cover_points_within_stock_batches(n, stock, chunk):
-    spans = _batches(n, stock, chunk)
-    assert spans[0][0] == 0 and spans[-1][1] == n
-    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
-    for s, e, s0, n0 in spans:
-        assert 0 < e - s <= chunk and s0 % stock == 0 and n0 == min(stock, n - s0)
-        assert s0 <= s and e <= s0 + n0
-
-
 def test_chunked_decode_equals_stock_batch(sharp_sam):
-    # the stock generator decodes 13 points at once; we decode them 1, 2 and 5 at a time
+    # the stock generator decodes 13 points at once; our image-side work runs 1, 2, 5 and
+    # 13 at a time
     torch.manual_seed(3)
     feats = torch.randn(1, 32, 16, 16)
     pts = torch.rand(13, 2, dtype=torch.float64) * 256
@@ -129,10 +120,19 @@ def test_chunked_decode_equals_stock_batch(sharp_sam):
         )
         ref_m, ref_i = sharp_sam.mask_decoder(feats, pe.get_dense_pe(), sparse, dense, True)
     dec = PointDecoder(sharp_sam, feats)
-    for chunk in (1, 2, 5):
-        parts = [dec(pts[s : s + chunk], 13, s) for s in range(0, 13, chunk)]
-        assert torch.equal(torch.cat([m for m, _ in parts]), ref_m)
-        assert torch.equal(torch.cat([i for _, i in parts]), ref_i)
+    for chunk in (1, 2, 5, 13):  # a chunk of one at the end with 2 and 5
+        m, i = dec(pts, chunk)
+        assert torch.equal(m, ref_m) and torch.equal(i, ref_i)
+    floor = float(ref_i.median())
+    iou, parts = dec.decode(pts, 5, floor)
+    assert torch.equal(iou, ref_i)
+    seen = []
+    for s, e, sel, low in parts:
+        want = torch.nonzero((ref_i[s:e] > floor).any(dim=1)).flatten()
+        assert torch.equal(sel, want)  # only prompts with a mask above the floor upscaled
+        assert torch.equal(low, ref_m[s:e][sel])
+        seen.append((s, e))
+    assert seen == [(0, 5), (5, 10), (10, 13)]
 
 
 class CallCounter:
@@ -240,15 +240,17 @@ def test_point_grids_and_help():
 def test_full_resolution_masks_never_stacked(sharp_sam, monkeypatch):
     # memory must not grow with the number of candidates: at most one decode chunk of
     # full-resolution logits exists at a time, and candidates are kept as run lengths
-    seen = []
-    original = sharp_sam.postprocess_masks
-
-    def spy(masks, input_size, original_size):
-        seen.append(masks.shape[0] * masks.shape[1])
-        return original(masks, input_size, original_size)
-
-    monkeypatch.setattr(sharp_sam, "postprocess_masks", spy)
+    from samlib import candidates
     from samlib.candidates import decode_candidates
+
+    seen = []
+    original = candidates.upsample_like_stock
+
+    def spy(model, low, input_size, original_size):
+        seen.append(low.shape[0])
+        return original(model, low, input_size, original_size)
+
+    monkeypatch.setattr(candidates, "upsample_like_stock", spy)
 
     params = GeneratorParams(points_per_side=8, points_per_batch=64)
     cands = decode_candidates(

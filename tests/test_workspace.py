@@ -21,8 +21,9 @@ def test_buffer_reused_inside_workspace_only():
         d = buffer("y", (4, 5), like)
         assert a.data_ptr() == b.data_ptr() == c.data_ptr() != d.data_ptr()
         assert b.shape == (2, 10) and c.shape == (3,)
-        with workspace():  # nested blocks share the outer buffers
-            assert buffer("x", (4, 5), like).data_ptr() == a.data_ptr()
+        with workspace():  # a nested block has its own buffers
+            assert buffer("x", (4, 5), like).data_ptr() != a.data_ptr()
+        assert buffer("x", (4, 5), like).data_ptr() == a.data_ptr()
         e = buffer("x", (50,), like)  # more elements: a new, larger buffer
         assert e.numel() == 50 and buffer("x", (4, 5), like).data_ptr() == e.data_ptr()
         f = buffer("x", (4, 5), torch.zeros(1, dtype=torch.float64))
