@@ -9,10 +9,11 @@ predicted IoUs equal the stock decoder's (checked bit for bit in the tests).
 
 Bit equality needs care because CPU kernels pick their algorithm from the tensor shapes:
 a matrix product over a few prompt tokens gives other bits for 5 rows than for 8, and a
-batch of one takes other kernels than larger batches. So prompts may be decoded in any
-chunks of a stock batch, but token-side layers run on a zero-padded copy of the whole
-stock batch (cheap: a few rows per prompt) and a lone prompt is computed as a batch of
-two where that matters. A :class:`PointDecoder` keeps per-call state: use one per thread.
+batch of one takes other kernels than larger batches. So the decoder runs layer by layer
+over a whole stock batch: token-side layers on all its prompts at once, as the stock
+decoder does, and image-side work (4,096 tokens per prompt for SAM) in chunks of prompts,
+which keeps its temporaries small; a lone prompt in a chunk is computed as a batch of two
+where that matters. A :class:`PointDecoder` keeps per-image state: use one per thread.
 
 Inside a :func:`samlib.workspace.workspace`, the image-sized intermediates go to reused
 buffers and element-wise steps run in place (same operations, same bits): on a CPU,
