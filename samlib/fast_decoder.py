@@ -30,6 +30,7 @@ from segment_anything.modeling.transformer import Attention
 from torch.nn import functional as F
 
 from samlib.prompt_decoder import _image_terms
+from samlib.workspace import buffer
 
 __all__ = ["decode_fast"]
 
@@ -92,7 +93,15 @@ def _image_to_tokens(
     a = torch.softmax(s, dim=1).reshape(b, t * h, -1)  # (B, T*H, N)
     wo = attn.out_proj.weight.view(-1, h, c).transpose(0, 1)  # (H, D, c)
     m = (v @ wo.transpose(1, 2)).transpose(1, 2).reshape(b, t * h, -1)  # (B, T*H, D)
-    return torch.baddbmm(attn.out_proj.bias, a.transpose(1, 2), m)  # (B, N, D)
+    out = buffer("i2t_out", (b, a.shape[-1], m.shape[-1]), m)
+    return torch.baddbmm(attn.out_proj.bias, a.transpose(1, 2), m, out=out)  # (B, N, D)
+
+
+def _act_(act: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``, in place for GELU (x is a temporary)."""
+    if type(act) is torch.nn.GELU:
+        return torch.ops.aten.gelu_(x, approximate=act.approximate)
+    return act(x)
 
 
 def _upscale(dec, keys: torch.Tensor, hw: tuple[int, int], hyper: torch.Tensor) -> torch.Tensor:
@@ -105,10 +114,12 @@ def _upscale(dec, keys: torch.Tensor, hw: tuple[int, int], hyper: torch.Tensor) 
     c1, c2 = conv1.out_channels, conv2.out_channels
     # out[co, 2i+a, 2j+b] = sum_ci in[ci, i, j] W[ci, co, a, b] + bias[co]
     w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, 4 * c1)
-    y = torch.addmm(conv1.bias.repeat(4), keys.reshape(b * n, -1), w1).view(b * n, 4, c1)
-    y = act1(F.layer_norm(y, (c1,), ln.weight, ln.bias, ln.eps))
+    y = buffer("up1", (b * n, 4 * c1), keys)
+    torch.addmm(conv1.bias.repeat(4), keys.reshape(b * n, -1), w1, out=y)
+    y = _act_(act1, F.layer_norm(y.view(b * n, 4, c1), (c1,), ln.weight, ln.bias, ln.eps))
     w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
-    z = act2(torch.addmm(conv2.bias.repeat(4), y.view(4 * b * n, c1), w2))
+    z = buffer("up2", (4 * b * n, 4 * c2), keys)
+    z = _act_(act2, torch.addmm(conv2.bias.repeat(4), y.view(4 * b * n, c1), w2, out=z))
     logits = hyper @ z.view(b, 16 * n, c2).transpose(1, 2)  # columns (i, j, a, b, a', b')
     h, w = hw
     m = hyper.shape[1]
@@ -124,32 +135,41 @@ def decode_fast(
     dense: torch.Tensor | None,
     mask_slice: slice = slice(None),
     iou_floor: float | None = None,
+    chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mask decoder outputs for B prompt sets, as :func:`samlib.prompt_decoder.decode` gives
     for one; only prompt sets with a mask above ``iou_floor`` are upscaled.
 
     ``sparse`` is (B, T, C) prompt embeddings and ``dense`` None (no mask input, the
     image-only terms are cached) or (B, C, h, w); ``mask_slice`` selects which of the
-    1 + num_multimask_outputs mask tokens to compute (M of them). Returns the logits
-    (K, M, 4h, 4w) of the K prompt sets with a selected mask's predicted IoU above
-    ``iou_floor`` (all B if None), the predicted IoUs (B, M) and the (K,) indices of
-    those prompt sets.
+    1 + num_multimask_outputs mask tokens to compute (M of them). The token-side layers
+    run on all B prompt sets at once, the image-side work ``chunk`` prompt sets at a time
+    (default: all). Returns the logits (K, M, 4h, 4w) of the K prompt sets with a
+    selected mask's predicted IoU above ``iou_floor`` (all B if None), the predicted IoUs
+    (B, M) and the (K,) indices of those prompt sets.
     """
     dec = model.mask_decoder
     tf = dec.transformer
     b = sparse.shape[0]
+    chunk = chunk or b
+    spans = [(s, min(s + chunk, b)) for s in range(0, b, chunk)]
     out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
     tokens = torch.cat([out_tokens.expand(b, -1, -1), sparse], dim=1)  # (B, T, D)
     cached = _image_terms(model, features) if dense is None else None
     _, c, h, w = features.shape
     if cached is not None:
-        x, pe = cached.x, cached.pe  # (N, D), shared by all prompts until layer 0 ends
+        pe = cached.pe
+        xs: list[torch.Tensor | None] = [None] * len(spans)  # (N, D) shared until layer 0 ends
     else:
         x = (features + dense).flatten(2).transpose(1, 2).contiguous()  # (B, N, D)
         pe = model.prompt_encoder.get_dense_pe()[0].flatten(1).T.contiguous()
+        xs = [x[s:e] for s, e in spans]
+
+    def plus_pe(x: torch.Tensor) -> torch.Tensor:
+        return torch.add(x, pe, out=buffer("x_pe", x.shape, x))
 
     queries = tokens
-    for i, layer in enumerate(tf.layers):
+    for layer in tf.layers:
         if layer.skip_first_layer_pe:
             queries = layer.self_attn(q=queries, k=queries, v=queries)
         else:
@@ -157,38 +177,50 @@ def decode_fast(
             queries = queries + layer.self_attn(q=q, k=q, v=queries)
         queries = layer.norm1(queries)
         q = queries + tokens
-        if i == 0 and cached is not None:
-            xp = None
-            attn_out = _cached_t2i(
-                layer.cross_attn_token_to_image, q, cached.t2i_k[0], cached.t2i_v[0]
-            )
+        t2i = layer.cross_attn_token_to_image
+        if xs[0] is None:
+            attn_out = _cached_t2i(t2i, q, cached.t2i_k[0], cached.t2i_v[0])
         else:
-            xp = x + pe
-            attn_out = _tokens_to_image(layer.cross_attn_token_to_image, q, x, xp)
+            parts = zip(spans, xs, strict=True)
+            attn_out = torch.cat(
+                [_tokens_to_image(t2i, q[s:e], x, plus_pe(x)) for (s, e), x in parts]
+            )
         queries = layer.norm2(queries + attn_out)
         queries = layer.norm3(queries + layer.mlp(queries))
         q = queries + tokens
         i2t = layer.cross_attn_image_to_token
-        if i == 0 and cached is not None:
-            attn_out = _image_to_tokens(i2t, None, q, queries, q_img=cached.i2t_q[0])
-        else:
-            attn_out = _image_to_tokens(i2t, xp, q, queries)
-        x = layer.norm4(x + attn_out)
-    q = queries + tokens
-    queries = queries + _tokens_to_image(tf.final_attn_token_to_image, q, x, x + pe)
-    hs = tf.norm_final_attn(queries)  # (B, T, D)
+        for j, (s, e) in enumerate(spans):
+            x = xs[j]
+            if x is None:
+                out = _image_to_tokens(i2t, None, q[s:e], queries[s:e], q_img=cached.i2t_q[0])
+                x = cached.x
+            else:
+                out = _image_to_tokens(i2t, plus_pe(x), q[s:e], queries[s:e])
+            xs[j] = layer.norm4(out.add_(x))  # out is a scratch buffer: x + out in place
+    # Only the IoU and mask tokens are read after the final attention (all of them, so that
+    # a token's result does not depend on which masks were asked for).
+    idx = range(dec.num_mask_tokens)[mask_slice]
+    need = slice(0, 1 + dec.num_mask_tokens)
+    q = (queries + tokens)[:, need]
+    final = tf.final_attn_token_to_image
+    parts = zip(spans, xs, strict=True)
+    attn_out = torch.cat([_tokens_to_image(final, q[s:e], x, plus_pe(x)) for (s, e), x in parts])
+    hs = tf.norm_final_attn(queries[:, need] + attn_out)  # (B, 1 + num_mask_tokens, D)
 
     iou = dec.iou_prediction_head(hs[:, 0])[:, mask_slice]
-    sel = torch.arange(b, device=iou.device)
-    if iou_floor is not None:
-        sel = torch.nonzero((iou > iou_floor).any(dim=1)).flatten()
-    idx = range(dec.num_mask_tokens)[mask_slice]
-    if len(sel) == 0:
-        return hs.new_zeros((0, len(idx), 4 * h, 4 * w)), iou, sel
-    hs = hs[sel]
     hyper = torch.stack([dec.output_hypernetworks_mlps[i](hs[:, 1 + i]) for i in idx], dim=1)
-    x = x[sel] if x.dim() == 3 else x.expand(len(sel), -1, -1)
-    return _upscale(dec, x, (h, w), hyper), iou, sel
+    keep = torch.ones(b, dtype=torch.bool, device=iou.device)
+    if iou_floor is not None:
+        keep = (iou > iou_floor).any(dim=1)
+    low = []
+    for (s, e), x in zip(spans, xs, strict=True):
+        sel = torch.nonzero(keep[s:e]).flatten()
+        if len(sel):
+            low.append(_upscale(dec, x[sel], (h, w), hyper[s:e][sel]))
+    sel = torch.nonzero(keep).flatten()
+    if not low:
+        return hs.new_zeros((0, len(idx), 4 * h, 4 * w)), iou, sel
+    return torch.cat(low), iou, sel
 
 
 def _cached_t2i(

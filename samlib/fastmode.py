@@ -48,10 +48,11 @@ from samlib.genparams import GeneratorParams
 
 __all__ = ["coarse_to_fine", "fast_candidates"]
 
-# Bytes of per-prompt image tokens decoded at once on a CPU (see candidates.cpu_chunk):
-# SAM's are 4 MB, and one prompt at a time was fastest (vit_b, 144 points, one thread:
-# 5.5 s at 1, 6.5 s at 2, 6.7 s at 4, 8.5 s at 8); the small demo model's are 0.5 MB
-# (1,024 points: 7.1 s at 1, 6.0 s at 8, 6.5 s at 32). GPUs decode whole batches.
+# Bytes of per-prompt image tokens whose image-side work runs at once on a CPU (see
+# candidates.cpu_chunk): SAM's are 4 MB; vit_b, 144 points, two threads: 3.0-3.5 s at 1,
+# 2.9-3.1 s at 2, 3.1 s at 4, 3.9-4.2 s at 8 prompts (one thread, earlier code: 5.5 s at 1,
+# 8.5 s at 8); the small demo model's are 0.5 MB (1,024 points, earlier code: 7.1 s at 1,
+# 6.0 s at 8, 6.5 s at 32). GPUs take whole batches.
 CPU_CHUNK_BYTES = 4 * 2**20
 
 
@@ -115,9 +116,9 @@ def fast_candidates(
             transform.apply_coords(points, csize), dtype=torch.float, device=model.device
         )
         covered = np.zeros(csize, dtype=bool)
-        chunk = params.points_per_batch
-        if model.device.type == "cpu":
-            chunk = cpu_chunk(model, CPU_CHUNK_BYTES)
+        # token-side layers run on points_per_batch prompts at once, image-side work on
+        # `chunk` of them (whole batches on GPUs)
+        chunk = cpu_chunk(model, CPU_CHUNK_BYTES) if model.device.type == "cpu" else None
         cover_max = max_cover_fraction * csize[0] * csize[1]
         order = coarse_to_fine(len(points), coarse_stride)
         n_coarse = int(np.ceil(np.sqrt(len(points)) / coarse_stride)) ** 2
@@ -130,14 +131,14 @@ def fast_candidates(
                 done += int((~free).sum())
                 todo = todo[free]
             todo = np.sort(todo)
-            for start in range(0, len(todo), chunk):
-                ids = todo[start : start + chunk]
+            for start in range(0, len(todo), params.points_per_batch):
+                ids = todo[start : start + params.points_per_batch]
                 label = torch.ones((len(ids), 1), dtype=torch.int, device=model.device)
                 sparse, _ = model.prompt_encoder(
                     points=(coords[ids][:, None], label), boxes=None, masks=None
                 )
                 low, ious, sel = decode_fast(
-                    model, emb.features, sparse, None, slice(1, None), floor
+                    model, emb.features, sparse, None, slice(1, None), floor, chunk
                 )
                 done += len(ids)
                 for k, j in enumerate(sel.tolist()):
