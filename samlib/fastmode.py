@@ -45,6 +45,7 @@ from samlib.candidates import Candidates, Progress, _encode, cpu_chunk
 from samlib.errors import ParameterError
 from samlib.fast_decoder import decode_fast
 from samlib.genparams import GeneratorParams
+from samlib.workspace import workspace
 
 __all__ = ["coarse_to_fine", "fast_candidates"]
 
@@ -69,6 +70,7 @@ def coarse_to_fine(n_points: int, stride: int) -> np.ndarray:
     return np.concatenate([np.flatnonzero(coarse), np.flatnonzero(~coarse)])
 
 
+@workspace()
 def fast_candidates(
     model: Sam,
     rgb8: np.ndarray,
