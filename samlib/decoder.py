@@ -65,25 +65,78 @@ def linear_into(lin: torch.nn.Linear, x: torch.Tensor, name: str) -> torch.Tenso
     return out.view(*x.shape[:-1], lin.out_features)
 
 
-def upscale(dec: torch.nn.Module, src: torch.Tensor) -> torch.Tensor:
-    """``dec.output_upscaling(src)``, with LayerNorm2d and GELU in place (same bits).
+# Per (layer shape, input shape and strides, dtype, device, threads): None where a
+# transposed convolution gives other bits on a channels-last copy of its input, else the
+# memory format of the stock output. Checked on first use.
+_CL_FORMAT: dict[tuple, torch.memory_format | None] = {}
 
-    Stock ``LayerNorm2d`` computes ``x - u`` twice and allocates five image-sized
-    tensors; here they are one subtraction in place and one reused buffer.
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with canonical channels-last strides (a view where the memory already is).
+
+    A single image whose pixels are already channels-major in memory (SAM's image tokens
+    seen as a (1, C, h, w) map) passes ``is_contiguous(channels_last)`` but keeps an
+    odd batch stride, with which convolutions take the slow generic path.
+    """
+    b, c, h, w = x.shape
+    if b == 1 and x.is_contiguous(memory_format=torch.channels_last):
+        return x.as_strided(x.shape, (c * h * w, 1, w * c, c))
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _conv_t(conv: torch.nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``, run on a channels-last copy of ``x`` where that gives the same bits.
+
+    On a CPU, oneDNN's transposed convolution of one image is several times faster on
+    channels-last input (SAM's 256->64 upscaling of one prompt: 12.8 ms -> 3.2 ms); it
+    is used where the first call for that shape gave the same numbers, and the result
+    comes back in the memory format the stock call returns.
+    """
+    if x.device.type != "cpu":
+        return conv(x)
+    key = (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, tuple(x.shape))
+    key += (x.stride(), x.dtype, torch.get_num_threads())
+    if key not in _CL_FORMAT:
+        ref = conv(x)
+        out = conv(_channels_last(x))
+        fmt = (
+            torch.channels_last
+            if ref.is_contiguous(memory_format=torch.channels_last)
+            else torch.contiguous_format
+        )
+        if not ref.is_contiguous(memory_format=fmt):
+            fmt = None
+        _CL_FORMAT[key] = fmt if torch.equal(out, ref) else None
+        return ref
+    fmt = _CL_FORMAT[key]
+    if fmt is None:
+        return conv(x)
+    return conv(_channels_last(x)).contiguous(memory_format=fmt)
+
+
+def upscale(dec: torch.nn.Module, src: torch.Tensor) -> torch.Tensor:
+    """``dec.output_upscaling(src)``, with the same bits, faster on a CPU.
+
+    The transposed convolutions run on channels-last input where that is bit-identical
+    (:func:`_conv_t`); stock ``LayerNorm2d`` computes ``x - u`` twice and allocates
+    five image-sized tensors, here they are one subtraction in place and one reused
+    buffer; GELU runs in place.
     """
     conv1, ln, act1, conv2, act2 = dec.output_upscaling
-    x = conv1(src)
     gelus = type(act1) is torch.nn.GELU and type(act2) is torch.nn.GELU
-    if not (x.is_contiguous() and gelus and type(ln).__name__ == "LayerNorm2d"):
-        return act2(conv2(act1(ln(x))))
+    convs = type(conv1) is torch.nn.ConvTranspose2d and type(conv2) is torch.nn.ConvTranspose2d
+    if not (gelus and convs and type(ln).__name__ == "LayerNorm2d"):
+        return dec.output_upscaling(src)
+    x = _conv_t(conv1, src)
     u = x.mean(1, keepdim=True)
     x.sub_(u)
-    sq = torch.pow(x, 2, out=buffer("upscale_sq", x.shape, x))
+    # the squares in the layout of the stock (x - u).pow(2), for the same mean below
+    sq = torch.pow(x, 2, out=buffer("upscale_sq", x.shape, x)) if x.is_contiguous() else x.pow(2)
     s = sq.mean(1, keepdim=True)
     x.div_(torch.sqrt(s + ln.eps))
     x.mul_(ln.weight[:, None, None]).add_(ln.bias[:, None, None])
     torch.ops.aten.gelu_(x, approximate=act1.approximate)
-    y = conv2(x)
+    y = _conv_t(conv2, x)
     return torch.ops.aten.gelu_(y, approximate=act2.approximate)
 
 
@@ -201,8 +254,10 @@ class PointDecoder:
                 sel = torch.arange(e - s, device=iou.device)
                 if iou_floor is not None:
                     sel = torch.nonzero((iou[s:e] > iou_floor).any(dim=1)).flatten()
-                yield s, e, sel, self._masks(keys[j][sel], hyper[s:e][sel], n)
+                with torch.no_grad():  # iterated after decode() has returned
+                    low = self._masks(keys[j][sel], hyper[s:e][sel], n)
                 keys[j] = None
+                yield s, e, sel, low
 
         return iou, chunks()
 

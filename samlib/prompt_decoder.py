@@ -20,6 +20,8 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
 
+from samlib.decoder import upscale
+
 __all__ = ["decode"]
 
 
@@ -237,7 +239,7 @@ def decode(
     iou_token_out = hs[:, 0, :]
     mask_tokens_out = hs[:, 1 : (1 + dec.num_mask_tokens), :]
     src = src.transpose(1, 2).view(b, c, h, w)
-    upscaled = dec.output_upscaling(src)
+    upscaled = upscale(dec, src)
     hyper_in = torch.stack(
         [
             dec.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :])
