@@ -289,3 +289,19 @@ def test_equals_stock_generator_on_one_thread(sharp_sam, one_thread):
     ref = SamAutomaticMaskGenerator(sharp_sam, **params).generate(img)
     assert len(ref) >= 3
     assert_same_records(segment_everything(sharp_sam, img, **params), ref)
+
+
+@pytest.mark.parametrize("b", [1, 3])
+def test_upscale_equals_stock_layers(sharp_sam, b):
+    # channels-last convolutions and in-place LayerNorm2d/GELU: the stock bits and layout
+    from samlib.decoder import upscale
+
+    dec = sharp_sam.mask_decoder
+    c = dec.output_upscaling[0].in_channels
+    torch.manual_seed(b)
+    src = torch.randn(b, 20 * 20, c).transpose(1, 2).view(b, c, 20, 20)  # as the decoder
+    with torch.no_grad():
+        ref = dec.output_upscaling(src)
+        for _ in range(2):  # the first call checks the channels-last path, later ones use it
+            out = upscale(dec, src)
+            assert torch.equal(out, ref) and out.stride() == ref.stride()
