@@ -39,7 +39,8 @@ _REFILTER_PARAMS = (
 
 
 def _xywh(box: Any) -> list:
-    x0, y0, x1, y1 = (v.item() if hasattr(v, "item") else v for v in box)
+    """XYXY (array, tensor or list) -> [x, y, w, h] of Python numbers."""
+    x0, y0, x1, y1 = box.tolist() if hasattr(box, "tolist") else box
     return [x0, y0, x1 - x0, y1 - y0]
 
 
@@ -157,7 +158,13 @@ def _records(
     out = []
     size = cands.image_size
     boxes_np = boxes.numpy()
-    for j, i in enumerate(idx.tolist()):
+    crops = [_xywh(b) for b in cands.crop_boxes]
+    # Python numbers of the kept candidates at once (indexing tensors one by one is slow)
+    iou = cands.iou[idx].tolist()
+    stability = cands.stability[idx].tolist()
+    points = cands.points[idx].tolist()
+    crop = cands.crop[idx].tolist()
+    for j in range(len(idx)):
         rle = rles[j]
         if mode == "coco_rle":
             seg: Any = rlelib.to_coco(rle, size)
@@ -170,10 +177,10 @@ def _records(
                 "segmentation": seg,
                 "area": rlelib.area(rle),
                 "bbox": _xywh(boxes_np[j]),
-                "predicted_iou": cands.iou[i].item(),
-                "point_coords": [cands.points[i].tolist()],
-                "stability_score": cands.stability[i].item(),
-                "crop_box": _xywh(cands.crop_boxes[int(cands.crop[i])]),
+                "predicted_iou": iou[j],
+                "point_coords": [points[j]],
+                "stability_score": stability[j],
+                "crop_box": list(crops[crop[j]]),
             }
         )
     return out
