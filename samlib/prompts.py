@@ -170,7 +170,9 @@ def upscale_logits(
     rh = min(lh, -(-input_size[0] // factor) + 1)
     rw = min(lw, -(-input_size[1] // factor) + 1)
     x = low_res[..., :rh, :rw]
-    if _channels_last_is_identical(x):
+    # One thread: the channels-last kernel is twice as fast (7 ms vs 16 ms for three
+    # masks to 1024 x 1024); with more, the default one splits the work better (4 ms vs 11).
+    if torch.get_num_threads() == 1 and _channels_last_is_identical(x):
         x = x.contiguous(memory_format=torch.channels_last)
     up = F.interpolate(x, (rh * factor, rw * factor), mode="bilinear", align_corners=False)
     up = up[..., : input_size[0], : input_size[1]]
