@@ -215,7 +215,9 @@ def decode_fast(
     low = []
     for (s, e), x in zip(spans, xs, strict=True):
         sel = torch.nonzero(keep[s:e]).flatten()
-        if len(sel):
+        if len(sel) == e - s:  # all of the chunk: no copy of its image tokens
+            low.append(_upscale(dec, x, (h, w), hyper[s:e]))
+        elif len(sel):
             low.append(_upscale(dec, x[sel], (h, w), hyper[s:e][sel]))
     sel = torch.nonzero(keep).flatten()
     if not low:
