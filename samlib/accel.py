@@ -34,7 +34,7 @@ from segment_anything.modeling.image_encoder import (
     window_unpartition,
 )
 
-from samlib.workspace import buffer, workspace
+from samlib.workspace import buffer, linear_into, workspace
 
 MIN_COSINE = 0.999
 
@@ -85,16 +85,6 @@ def _attend_rel_pos(
     return out
 
 
-def _linear(lin: torch.nn.Linear, x: torch.Tensor, name: str) -> torch.Tensor:
-    """``lin(x)`` written into the scratch buffer ``name`` (same kernel as ``F.linear``)."""
-    if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
-        return lin(x)  # out= has no autograd; autocast casts for F.linear, not addmm
-    flat = x.reshape(-1, x.shape[-1])
-    out = buffer(name, (flat.shape[0], lin.out_features), x)
-    torch.addmm(lin.bias, flat, lin.weight.t(), out=out)
-    return out.view(*x.shape[:-1], lin.out_features)
-
-
 def sdpa_forward(self: Attention, x: torch.Tensor) -> torch.Tensor:
     """``image_encoder.Attention.forward`` with a fused attention kernel (same maths).
 
@@ -102,7 +92,7 @@ def sdpa_forward(self: Attention, x: torch.Tensor) -> torch.Tensor:
     """
     b, h, w, _ = x.shape
     n = self.num_heads
-    qkv = _linear(self.qkv, x, "qkv").view(b, h * w, 3, n, -1).permute(2, 0, 3, 1, 4)
+    qkv = linear_into(self.qkv, x, "qkv").view(b, h * w, 3, n, -1).permute(2, 0, 3, 1, 4)
     if torch.is_grad_enabled():
         heads = qkv.reshape(3, b * n, h * w, -1)
     else:
@@ -132,12 +122,12 @@ def block_forward(self: Block, x: torch.Tensor) -> torch.Tensor:
         x = window_unpartition(x, self.window_size, pad_hw, size)
     x += shortcut  # x is this block's own new tensor
     mlp = self.mlp
-    hidden = _linear(mlp.lin1, self.norm2(x), "mlp_hidden")
+    hidden = linear_into(mlp.lin1, self.norm2(x), "mlp_hidden")
     if type(mlp.act) is torch.nn.GELU:
         torch.ops.aten.gelu_(hidden, approximate=mlp.act.approximate)
     else:
         hidden = mlp.act(hidden)
-    x += _linear(mlp.lin2, hidden, "mlp_out")
+    x += linear_into(mlp.lin2, hidden, "mlp_out")
     return x
 
 

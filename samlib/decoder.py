@@ -29,7 +29,7 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
 
-from samlib.workspace import buffer
+from samlib.workspace import buffer, linear_into
 
 
 def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -50,19 +50,24 @@ def _merge_into(x: torch.Tensor, name: str) -> torch.Tensor:
     return out
 
 
+def token_self_attention(
+    layer: torch.nn.Module, queries: torch.Tensor, tokens: torch.Tensor
+) -> torch.Tensor:
+    """The self-attention step of a ``TwoWayAttentionBlock`` on the prompt tokens (stock
+    operations): ``tokens`` are the block's query positional terms."""
+    if layer.skip_first_layer_pe:
+        queries = layer.self_attn(q=queries, k=queries, v=queries)
+    else:
+        q = queries + tokens
+        queries = queries + layer.self_attn(q=q, k=q, v=queries)
+    return layer.norm1(queries)
+
+
 def _contiguous_into(x: torch.Tensor, name: str) -> torch.Tensor:
     """``x.contiguous()`` in scratch buffer ``name`` (matmul makes this copy itself)."""
     out = buffer(name, x.shape, x)
     out.copy_(x)
     return out
-
-
-def linear_into(lin: torch.nn.Linear, x: torch.Tensor, name: str) -> torch.Tensor:
-    """``lin(x)`` for contiguous ``x``, written into scratch buffer ``name`` (same kernel)."""
-    flat = x.view(-1, x.shape[-1])
-    out = buffer(name, (flat.shape[0], lin.out_features), x)
-    torch.addmm(lin.bias, flat, lin.weight.t(), out=out)
-    return out.view(*x.shape[:-1], lin.out_features)
 
 
 # Per (layer shape, input shape and strides, dtype, device, threads): None where a
@@ -224,12 +229,7 @@ class PointDecoder:
         queries = tokens
         for i, layer in enumerate(tf.layers):
             first = i == 0
-            if layer.skip_first_layer_pe:
-                queries = layer.self_attn(q=queries, k=queries, v=queries)
-            else:
-                q = queries + tokens
-                queries = queries + layer.self_attn(q=q, k=q, v=queries)
-            queries = layer.norm1(queries)
+            queries = token_self_attention(layer, queries, tokens)
             queries = layer.norm2(
                 queries
                 + self._to_image(layer.cross_attn_token_to_image, queries + tokens, keys, spans)

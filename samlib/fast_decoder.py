@@ -29,6 +29,7 @@ from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
 from torch.nn import functional as F
 
+from samlib.decoder import token_self_attention
 from samlib.prompt_decoder import _image_terms
 from samlib.workspace import buffer
 
@@ -170,12 +171,7 @@ def decode_fast(
 
     queries = tokens
     for layer in tf.layers:
-        if layer.skip_first_layer_pe:
-            queries = layer.self_attn(q=queries, k=queries, v=queries)
-        else:
-            q = queries + tokens
-            queries = queries + layer.self_attn(q=q, k=q, v=queries)
-        queries = layer.norm1(queries)
+        queries = token_self_attention(layer, queries, tokens)
         q = queries + tokens
         t2i = layer.cross_attn_token_to_image
         if xs[0] is None:

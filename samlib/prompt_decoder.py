@@ -20,7 +20,7 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
 
-from samlib.decoder import upscale
+from samlib.decoder import token_self_attention, upscale
 
 __all__ = ["decode"]
 
@@ -146,13 +146,7 @@ def _attend(
 
 def _block(layer, queries, keys, query_pe, key_pe, cached: _ImageTerms | None):
     """``TwoWayAttentionBlock.forward``; ``cached`` supplies layer-0 image projections."""
-    if layer.skip_first_layer_pe:
-        queries = layer.self_attn(q=queries, k=queries, v=queries)
-    else:
-        q = queries + query_pe
-        attn_out = layer.self_attn(q=q, k=q, v=queries)
-        queries = queries + attn_out
-    queries = layer.norm1(queries)
+    queries = token_self_attention(layer, queries, query_pe)
 
     q = queries + query_pe
     if cached is not None:

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["active", "buffer", "workspace"]
+__all__ = ["active", "buffer", "linear_into", "workspace"]
 
 
 class _State(threading.local):
@@ -64,3 +64,14 @@ def buffer(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tenso
     if kept is None or kept.dtype != like.dtype or kept.device != like.device or kept.numel() < n:
         kept = bufs[name] = like.new_empty(n)
     return kept[:n].view(shape)
+
+
+def linear_into(lin: torch.nn.Linear, x: torch.Tensor, name: str) -> torch.Tensor:
+    """``lin(x)`` written into scratch buffer ``name``, with the kernel ``F.linear`` uses
+    (same bits); plain ``lin(x)`` under autograd or autocast, which ``out=`` does not serve."""
+    if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
+        return lin(x)
+    flat = x.reshape(-1, x.shape[-1])
+    out = buffer(name, (flat.shape[0], lin.out_features), x)
+    torch.addmm(lin.bias, flat, lin.weight.t(), out=out)
+    return out.view(*x.shape[:-1], lin.out_features)
