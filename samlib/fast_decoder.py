@@ -42,12 +42,23 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.reshape(*lead, t, heads, d // heads).transpose(-3, -2)
 
 
-def _tokens_to_image(
-    attn: Attention, q_in: torch.Tensor, x: torch.Tensor, xp: torch.Tensor
-) -> torch.Tensor:
-    """Attention of B x T tokens (queries) over N image tokens ``x`` (keys ``xp`` = x + pe).
+def _plus_pe(x: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+    """Keys ``x + pe`` of image tokens, in a scratch buffer."""
+    return torch.add(x, pe, out=buffer("x_pe", x.shape, x))
 
-    ``q_in`` is (B, T, D); ``x`` and ``xp`` are (B, N, D) or (N, D). Returns (B, T, D).
+
+def _tokens_to_image(
+    attn: Attention,
+    q_in: torch.Tensor,
+    spans: list[tuple[int, int]],
+    xs: list[torch.Tensor],
+    pe: torch.Tensor,
+) -> torch.Tensor:
+    """Attention of B x T tokens (queries) over their chunks' N image tokens.
+
+    ``q_in`` is (B, T, D); ``xs`` holds the image tokens (b, N, D) of the prompt sets of
+    each span, with keys x + ``pe``. The token-side projections run on all B at once.
+    Returns (B, T, D).
     """
     h = attn.num_heads
     c = attn.internal_dim // h
@@ -56,46 +67,54 @@ def _tokens_to_image(
     wk = attn.k_proj.weight.view(h, c, -1)  # (H, c, D)
     g = (q @ wk).reshape(b, h * t, -1) / math.sqrt(c)  # (B, H*T, D)
     # q.bk is constant along each row of scores, which softmax ignores: dropped
-    a = torch.softmax(g @ xp.transpose(-1, -2), dim=-1)  # (B, H*T, N)
-    r = (a @ x).view(b, h, t, -1)  # (B, H, T, D); rows of a sum to 1, so bv adds as is
+    parts = []
+    for (s, e), x in zip(spans, xs, strict=True):
+        scores = g[s:e] @ _plus_pe(x, pe).transpose(-1, -2)
+        parts.append(torch.softmax(scores, dim=-1) @ x)
+    r = torch.cat(parts)
+    r = r.view(b, h, t, -1)  # (B, H, T, D); rows of a sum to 1, so bv adds as is
     wv = attn.v_proj.weight.view(h, c, -1)
     out = r @ wv.transpose(1, 2) + attn.v_proj.bias.view(h, 1, c)  # (B, H, T, c)
     return attn.out_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
-def _image_to_tokens(
-    attn: Attention,
-    xp: torch.Tensor | None,
-    k_in: torch.Tensor,
-    v_in: torch.Tensor,
-    q_img: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Attention of N image tokens (queries ``xp``, or projected ``q_img``) over T tokens.
+class _ImageToTokens:
+    """Attention of N image tokens over the T tokens of their prompt set: the token-side
+    terms for all B prompt sets at once (:meth:`__init__`), then one chunk at a time."""
 
-    ``k_in`` and ``v_in`` are (B, T, D); ``xp`` is (B, N, D) and ``q_img`` (N, H*c).
-    Returns (B, N, D).
-    """
-    h = attn.num_heads
-    c = attn.internal_dim // h
-    k = _heads(attn.k_proj(k_in), h)  # (B, H, T, c)
-    v = _heads(attn.v_proj(v_in), h)
-    b, _, t, _ = k.shape
-    # Scores are laid out (B, T, H, N) so that the softmax over the T tokens runs along an
-    # outer axis, which is many times faster than a softmax over a short last axis.
-    if q_img is not None:
-        n = q_img.shape[0]
-        qh = q_img.reshape(n, h, c).permute(1, 2, 0)  # (H, c, N)
-        s = (k @ qh).transpose(1, 2) / math.sqrt(c)  # (B, T, H, N)
-    else:
+    def __init__(self, attn: Attention, k_in: torch.Tensor, v_in: torch.Tensor) -> None:
+        """``k_in`` and ``v_in`` are (B, T, D)."""
+        h = attn.num_heads
+        c = attn.internal_dim // h
+        k = _heads(attn.k_proj(k_in), h)  # (B, H, T, c)
+        v = _heads(attn.v_proj(v_in), h)
+        b, _, t, _ = k.shape
+        self.attn, self.k, self.h, self.c, self.t = attn, k, h, c, t
         wq = attn.q_proj.weight.view(h, c, -1)  # (H, c, D)
-        g = (k @ wq).transpose(1, 2).reshape(b, t * h, -1) / math.sqrt(c)  # (B, T*H, D)
-        cq = (k @ attn.q_proj.bias.view(h, c, 1)).transpose(1, 2) / math.sqrt(c)  # (B,T,H,1)
-        s = (g @ xp.transpose(-1, -2)).view(b, t, h, -1) + cq  # (B, T, H, N)
-    a = torch.softmax(s, dim=1).reshape(b, t * h, -1)  # (B, T*H, N)
-    wo = attn.out_proj.weight.view(-1, h, c).transpose(0, 1)  # (H, D, c)
-    m = (v @ wo.transpose(1, 2)).transpose(1, 2).reshape(b, t * h, -1)  # (B, T*H, D)
-    out = buffer("i2t_out", (b, a.shape[-1], m.shape[-1]), m)
-    return torch.baddbmm(attn.out_proj.bias, a.transpose(1, 2), m, out=out)  # (B, N, D)
+        self.g = (k @ wq).transpose(1, 2).reshape(b, t * h, -1) / math.sqrt(c)  # (B,T*H,D)
+        self.cq = (k @ attn.q_proj.bias.view(h, c, 1)).transpose(1, 2) / math.sqrt(c)
+        wo = attn.out_proj.weight.view(-1, h, c).transpose(0, 1)  # (H, D, c)
+        self.m = (v @ wo.transpose(1, 2)).transpose(1, 2).reshape(b, t * h, -1)  # (B,T*H,D)
+
+    def __call__(
+        self, s: int, e: int, xp: torch.Tensor | None, q_img: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Output (e-s, N, D), in a scratch buffer, for prompt sets s:e whose image tokens
+        have keys ``xp`` (e-s, N, D), or for the first layer's projected ``q_img`` (N, H*c).
+        """
+        h, c, t, b = self.h, self.c, self.t, e - s
+        # Scores are laid out (b, T, H, N) so that the softmax over the T tokens runs along
+        # an outer axis, many times faster than a softmax over a short last axis.
+        if q_img is not None:
+            n = q_img.shape[0]
+            qh = q_img.reshape(n, h, c).permute(1, 2, 0)  # (H, c, N)
+            scores = (self.k[s:e] @ qh).transpose(1, 2) / math.sqrt(c)  # (b, T, H, N)
+        else:
+            scores = (self.g[s:e] @ xp.transpose(-1, -2)).view(b, t, h, -1) + self.cq[s:e]
+        a = torch.softmax(scores, dim=1).reshape(b, t * h, -1)  # (b, T*H, N)
+        m = self.m[s:e]
+        out = buffer("i2t_out", (b, a.shape[-1], m.shape[-1]), m)
+        return torch.baddbmm(self.attn.out_proj.bias, a.transpose(1, 2), m, out=out)
 
 
 def _act_(act: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -166,9 +185,6 @@ def decode_fast(
         pe = model.prompt_encoder.get_dense_pe()[0].flatten(1).T.contiguous()
         xs = [x[s:e] for s, e in spans]
 
-    def plus_pe(x: torch.Tensor) -> torch.Tensor:
-        return torch.add(x, pe, out=buffer("x_pe", x.shape, x))
-
     queries = tokens
     for layer in tf.layers:
         queries = token_self_attention(layer, queries, tokens)
@@ -177,30 +193,25 @@ def decode_fast(
         if xs[0] is None:
             attn_out = _cached_t2i(t2i, q, cached.t2i_k[0], cached.t2i_v[0])
         else:
-            parts = zip(spans, xs, strict=True)
-            attn_out = torch.cat(
-                [_tokens_to_image(t2i, q[s:e], x, plus_pe(x)) for (s, e), x in parts]
-            )
+            attn_out = _tokens_to_image(t2i, q, spans, xs, pe)
         queries = layer.norm2(queries + attn_out)
         queries = layer.norm3(queries + layer.mlp(queries))
-        q = queries + tokens
-        i2t = layer.cross_attn_image_to_token
+        i2t = _ImageToTokens(layer.cross_attn_image_to_token, queries + tokens, queries)
         for j, (s, e) in enumerate(spans):
             x = xs[j]
             if x is None:
-                out = _image_to_tokens(i2t, None, q[s:e], queries[s:e], q_img=cached.i2t_q[0])
+                out = i2t(s, e, None, q_img=cached.i2t_q[0])
                 x = cached.x
             else:
-                out = _image_to_tokens(i2t, plus_pe(x), q[s:e], queries[s:e])
+                out = i2t(s, e, _plus_pe(x, pe))
             xs[j] = layer.norm4(out.add_(x))  # out is a scratch buffer: x + out in place
     # Only the IoU and mask tokens are read after the final attention (all of them, so that
     # a token's result does not depend on which masks were asked for).
     idx = range(dec.num_mask_tokens)[mask_slice]
     need = slice(0, 1 + dec.num_mask_tokens)
-    q = (queries + tokens)[:, need]
-    final = tf.final_attn_token_to_image
-    parts = zip(spans, xs, strict=True)
-    attn_out = torch.cat([_tokens_to_image(final, q[s:e], x, plus_pe(x)) for (s, e), x in parts])
+    attn_out = _tokens_to_image(
+        tf.final_attn_token_to_image, (queries + tokens)[:, need], spans, xs, pe
+    )
     hs = tf.norm_final_attn(queries[:, need] + attn_out)  # (B, 1 + num_mask_tokens, D)
 
     iou = dec.iou_prediction_head(hs[:, 0])[:, mask_slice]
