@@ -75,6 +75,9 @@ class ModelEntry:
         Segment-everything thresholds suited to this model where SAM's defaults are not
         (a model whose predicted IoU and stability run lower than SAM's); the app starts
         its sliders there and ``evaluate-model`` uses them. ``None``: SAM's defaults.
+    mask_threshold : float
+        Mask logit above which a pixel belongs to the mask (SAM: 0.0), set as the loaded
+        model's ``mask_threshold``, which every prompt and generator path reads.
     """
 
     name: str
@@ -87,6 +90,7 @@ class ModelEntry:
     filename: str
     package_file: bool = False
     suggested_params: dict[str, float] | None = None
+    mask_threshold: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -367,6 +371,7 @@ def load_model(
             )
         sha = verify_cached(key)
         name = key
+        mask_threshold = REGISTRY[key].mask_threshold
     else:
         path = Path(key).expanduser()
         if not path.is_file():
@@ -376,10 +381,13 @@ def load_model(
             )
         sha = file_sha256(path)
         name = path.stem
+        mask_threshold = None
     state, config, _meta = read_checkpoint(path, allow_pickle=allow_pickle)
     model = model_from_state(state, config, str(path))
     model = model.to(torch.device(device) if device is not None else pick_device())
     model.samlib_info = ModelInfo(name=name, sha256=sha, config=config, path=str(path))
+    if mask_threshold is not None and mask_threshold != model.mask_threshold:
+        model.mask_threshold = mask_threshold
     return model
 
 
@@ -406,14 +414,17 @@ def _register_bundled() -> None:
             filename="weights/small_cnn.pt",
             package_file=True,
             suggested_params=_SMALL_CNN_PARAMS,
+            mask_threshold=_SMALL_CNN_MASK_THRESHOLD,
         ),
         replace=True,
     )
 
 
-# Chosen by scripts/calibrate_thresholds.py on synthetic validation images.
+# Chosen by scripts/calibrate_thresholds.py on synthetic validation images: the mask
+# threshold by point and box prompts, then the segment-everything thresholds with it.
+_SMALL_CNN_MASK_THRESHOLD = 2.5
 _SMALL_CNN_PARAMS: dict[str, float] | None = {
-    "pred_iou_thresh": 0.3,
+    "pred_iou_thresh": 0.45,
     "stability_score_thresh": 0.95,
 }
 _SMALL_CNN_SIZE: int | None = 1579467

@@ -344,3 +344,23 @@ def test_suggested_params_by_name_and_by_loaded_model(tiny_checkpoint):
     assert set(small) <= {"pred_iou_thresh", "stability_score_thresh"}
     assert suggested_params(load_model("small_cnn")) == small
     assert suggested_params(load_model(str(tiny_checkpoint))) == {}
+
+
+def test_registry_mask_threshold_reaches_the_loaded_model(tiny_checkpoint):
+    import numpy as np
+
+    from samlib.embeddings import compute_embedding
+    from samlib.models import REGISTRY, load_model
+    from samlib.prompts import predict
+
+    assert REGISTRY["vit_b"].mask_threshold == 0.0  # SAM's own
+    small = load_model("small_cnn")
+    assert small.mask_threshold == REGISTRY["small_cnn"].mask_threshold != 0.0
+    assert load_model(str(tiny_checkpoint)).mask_threshold == 0.0  # a file: SAM's default
+    # the prompt path cuts the logits at the model's threshold
+    rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    emb = compute_embedding(small, rgb)
+    res = predict(small, emb, points=[[30.0, 30.0]], labels=[1], exact=True, multimask=False)
+    small.mask_threshold = 0.0
+    at_zero = predict(small, emb, points=[[30.0, 30.0]], labels=[1], exact=True, multimask=False)
+    assert res.masks.sum() < at_zero.masks.sum()  # a higher cut: a smaller mask

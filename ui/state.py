@@ -176,7 +176,10 @@ def embedding_ui(model, work: WorkImage) -> Embedding:
 def context_caption(work: WorkImage, model) -> None:
     """One line saying which image and model the page works on."""
     info = model.samlib_info
+    cut = ""
+    if model.mask_threshold != 0.0:  # a model calibrated to another mask cut than SAM's
+        cut = f" · masks cut at logit {model.mask_threshold:g} (SAM: 0)"
     st.caption(
         f"Image **{work.name}** ({work.size_xy[0]}x{work.size_xy[1]} px) · model "
-        f"**{info.name}** on {model.device}"
+        f"**{info.name}** on {model.device}{cut}"
     )
