@@ -174,7 +174,8 @@ def save_checkpoint(
     """Write ``model`` in the samlib format, loadable with ``weights_only=True``.
 
     The file is ``{"config": config.to_dict(), "state_dict": ..., "meta": {...}}``;
-    ``extra`` (plain JSON-like values) goes into ``meta``. Written atomically.
+    ``extra`` (plain JSON-like values) goes into ``meta``, and so does the model's
+    ``mask_threshold`` where it is not SAM's 0.0. Written atomically.
     """
     from samlib import __version__
 
@@ -186,6 +187,8 @@ def save_checkpoint(
         "state_dict": state,
         "meta": {"samlib_version": __version__, **dict(extra or {})},
     }
+    if float(model.mask_threshold) != 0.0:
+        payload["meta"]["mask_threshold"] = float(model.mask_threshold)
     tmp = p.with_name(p.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, p)

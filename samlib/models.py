@@ -381,8 +381,10 @@ def load_model(
             )
         sha = file_sha256(path)
         name = path.stem
-        mask_threshold = None
-    state, config, _meta = read_checkpoint(path, allow_pickle=allow_pickle)
+        mask_threshold = None  # unless the file records one (read below)
+    state, config, meta = read_checkpoint(path, allow_pickle=allow_pickle)
+    if mask_threshold is None and isinstance(meta.get("mask_threshold"), (int, float)):
+        mask_threshold = float(meta["mask_threshold"])
     model = model_from_state(state, config, str(path))
     model = model.to(torch.device(device) if device is not None else pick_device())
     model.samlib_info = ModelInfo(name=name, sha256=sha, config=config, path=str(path))

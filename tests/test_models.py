@@ -357,6 +357,11 @@ def test_registry_mask_threshold_reaches_the_loaded_model(tiny_checkpoint):
     small = load_model("small_cnn")
     assert small.mask_threshold == REGISTRY["small_cnn"].mask_threshold != 0.0
     assert load_model(str(tiny_checkpoint)).mask_threshold == 0.0  # a file: SAM's default
+    # a checkpoint written from the demo model (e.g. fine-tuned) keeps its mask cut
+    saved = models.save_checkpoint(
+        small, tiny_checkpoint.with_name("tuned.pt"), small.samlib_info.config
+    )
+    assert load_model(str(saved)).mask_threshold == small.mask_threshold
     # the prompt path cuts the logits at the model's threshold
     rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     emb = compute_embedding(small, rgb)
