@@ -305,3 +305,24 @@ def test_upscale_equals_stock_layers(sharp_sam, b):
         for _ in range(2):  # the first call checks the channels-last path, later ones use it
             out = upscale(dec, src)
             assert torch.equal(out, ref) and out.stride() == ref.stride()
+
+
+def test_channels_last_convolution_used_only_where_bits_agree(monkeypatch):
+    # a convolution whose channels-last path rounds differently is always run as stock
+    from samlib import decoder
+
+    monkeypatch.setattr(decoder, "_CL_FORMAT", {})
+
+    class Drifting(torch.nn.ConvTranspose2d):
+        def forward(self, x):
+            out = super().forward(x)
+            return out + 1e-6 if x.is_contiguous(memory_format=torch.channels_last) else out
+
+    torch.manual_seed(0)
+    conv = Drifting(8, 4, 2, 2)
+    x = torch.randn(1, 8, 6, 6)  # contiguous: the stock call is not channels-last
+    with torch.no_grad():
+        ref = torch.nn.ConvTranspose2d.forward(conv, x)
+        for _ in range(2):
+            assert torch.equal(decoder._conv_t(conv, x), ref)
+    assert list(decoder._CL_FORMAT.values()) == [None]  # checked once, refused
