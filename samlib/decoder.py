@@ -32,9 +32,10 @@ from segment_anything.modeling.transformer import Attention
 from samlib.workspace import buffer, linear_into
 
 
-def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
-    b, t, c = x.shape
-    return x.reshape(b, t, n, c // n).transpose(1, 2)
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(..., T, H*c) -> (..., H, T, c), a view as in the stock ``Attention``."""
+    *lead, t, d = x.shape
+    return x.reshape(*lead, t, heads, d // heads).transpose(-3, -2)
 
 
 def _merge(x: torch.Tensor) -> torch.Tensor:
@@ -270,7 +271,7 @@ class PointDecoder:
     ) -> torch.Tensor:
         """Token-to-image attention of all prompts: projections of the tokens at once,
         attention over each chunk's image tokens (``None``: the first layer's)."""
-        q = _heads(attn.q_proj(q_in), attn.num_heads)
+        q = split_heads(attn.q_proj(q_in), attn.num_heads)
         n = q_in.shape[0]
         out = []
         for (s, e), x in zip(spans, keys, strict=True):
@@ -279,8 +280,8 @@ class PointDecoder:
                 kt, v = self._first_kv(b)
             else:
                 kpe = torch.add(x, self.key_pe_c, out=buffer("kpe", x.shape, x))
-                kt = _heads(linear_into(attn.k_proj, kpe, "k"), attn.num_heads).transpose(2, 3)
-                v = _heads(linear_into(attn.v_proj, x, "v"), attn.num_heads)
+                kt = split_heads(linear_into(attn.k_proj, kpe, "k"), attn.num_heads).transpose(2, 3)
+                v = split_heads(linear_into(attn.v_proj, x, "v"), attn.num_heads)
             if b == 1 and n > 1:  # a lone prompt: computed as a batch of two
                 qs, kt, v = (t.expand(2, -1, -1, -1) for t in (q[s:e], kt, v))
                 a = torch.softmax((qs @ kt) / math.sqrt(qs.shape[-1]), dim=-1)
@@ -297,8 +298,8 @@ class PointDecoder:
         cache = self._kv_cache
         if b not in cache:
             h = self.dec.transformer.layers[0].cross_attn_token_to_image.num_heads
-            kt = _heads(self.k0.expand(b, -1, -1), h).permute(0, 1, 3, 2).contiguous()
-            cache[b] = (kt, _heads(self.v0.expand(b, -1, -1), h).contiguous())
+            kt = split_heads(self.k0.expand(b, -1, -1), h).permute(0, 1, 3, 2).contiguous()
+            cache[b] = (kt, split_heads(self.v0.expand(b, -1, -1), h).contiguous())
         return cache[b]
 
     def _to_tokens(
@@ -319,7 +320,7 @@ class PointDecoder:
         else:
             kpe = torch.add(x, self.key_pe_c, out=buffer("kpe", x.shape, x))
             q, base = linear_into(attn.q_proj, kpe, "q"), x
-        q, k, v = _heads(q, h), _heads(k_tok, h), _heads(v_tok, h)
+        q, k, v = split_heads(q, h), split_heads(k_tok, h), split_heads(v_tok, h)
         if b == 1 and n > 1:  # a lone prompt: computed as a batch of two
             q, k, v = (t.expand(2, -1, -1, -1) for t in (q, k, v))
             a = torch.softmax((q @ k.permute(0, 1, 3, 2)) / math.sqrt(q.shape[-1]), dim=-1)

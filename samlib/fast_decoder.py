@@ -29,17 +29,11 @@ from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
 from torch.nn import functional as F
 
-from samlib.decoder import token_self_attention
+from samlib.decoder import split_heads, token_self_attention
 from samlib.prompt_decoder import _image_terms
 from samlib.workspace import buffer
 
 __all__ = ["decode_fast"]
-
-
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """(..., T, H*c) -> (..., H, T, c)."""
-    *lead, t, d = x.shape
-    return x.reshape(*lead, t, heads, d // heads).transpose(-3, -2)
 
 
 def _plus_pe(x: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
@@ -63,7 +57,7 @@ def _tokens_to_image(
     h = attn.num_heads
     c = attn.internal_dim // h
     b, t, _ = q_in.shape
-    q = _heads(attn.q_proj(q_in), h)  # (B, H, T, c)
+    q = split_heads(attn.q_proj(q_in), h)  # (B, H, T, c)
     wk = attn.k_proj.weight.view(h, c, -1)  # (H, c, D)
     g = (q @ wk).reshape(b, h * t, -1) / math.sqrt(c)  # (B, H*T, D)
     # q.bk is constant along each row of scores, which softmax ignores: dropped
@@ -86,8 +80,8 @@ class _ImageToTokens:
         """``k_in`` and ``v_in`` are (B, T, D)."""
         h = attn.num_heads
         c = attn.internal_dim // h
-        k = _heads(attn.k_proj(k_in), h)  # (B, H, T, c)
-        v = _heads(attn.v_proj(v_in), h)
+        k = split_heads(attn.k_proj(k_in), h)  # (B, H, T, c)
+        v = split_heads(attn.v_proj(v_in), h)
         b, _, t, _ = k.shape
         self.attn, self.k, self.h, self.c, self.t = attn, k, h, c, t
         wq = attn.q_proj.weight.view(h, c, -1)  # (H, c, D)
@@ -239,7 +233,7 @@ def _cached_t2i(
     h = attn.num_heads
     c = attn.internal_dim // h
     b, t, _ = q_in.shape
-    q = _heads(attn.q_proj(q_in), h)  # (B, H, T, c)
-    a = torch.softmax(q @ _heads(k, h).transpose(1, 2) / math.sqrt(c), dim=-1)
-    out = a @ _heads(v, h)  # (B, H, T, c)
+    q = split_heads(attn.q_proj(q_in), h)  # (B, H, T, c)
+    a = torch.softmax(q @ split_heads(k, h).transpose(1, 2) / math.sqrt(c), dim=-1)
+    out = a @ split_heads(v, h)  # (B, H, T, c)
     return attn.out_proj(out.transpose(1, 2).reshape(b, t, -1))
