@@ -229,11 +229,13 @@ def decode_fast(
 def _cached_t2i(
     attn: Attention, q_in: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> torch.Tensor:
-    """Token-to-image attention of (B, T, D) tokens with precomputed image keys and values."""
+    """Token-to-image attention of (B, T, D) tokens with precomputed (N, H*c) image keys and
+    values. The B x T queries of a head are one matrix, so the shared keys and values are
+    read as they are, never expanded to B copies."""
     h = attn.num_heads
     c = attn.internal_dim // h
     b, t, _ = q_in.shape
-    q = split_heads(attn.q_proj(q_in), h)  # (B, H, T, c)
-    a = torch.softmax(q @ split_heads(k, h).transpose(1, 2) / math.sqrt(c), dim=-1)
-    out = a @ split_heads(v, h)  # (B, H, T, c)
-    return attn.out_proj(out.transpose(1, 2).reshape(b, t, -1))
+    q = attn.q_proj(q_in).view(b * t, h, c).transpose(0, 1) / math.sqrt(c)  # (H, B*T, c)
+    a = torch.softmax(q @ k.view(-1, h, c).permute(1, 2, 0), dim=-1)  # (H, B*T, N)
+    out = a @ v.view(-1, h, c).transpose(0, 1)  # (H, B*T, c)
+    return attn.out_proj(out.transpose(0, 1).reshape(b, t, h * c))
