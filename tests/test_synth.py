@@ -7,7 +7,14 @@ import pytest
 from scipy import ndimage as ndi
 
 from samlib.errors import ParameterError
-from samlib.synth import KINDS, SynthDataset, synth_image
+from samlib.synth import (
+    KINDS,
+    NucleiDataset,
+    SynthDataset,
+    _object_field,
+    nuclei_image,
+    synth_image,
+)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -120,3 +127,61 @@ def test_dataset_items_follow_seeds():
     with pytest.raises(IndexError):
         ds[3]
     assert ds.describe()["seed"] == 100
+
+
+def test_touching_objects_meet_at_a_darker_seam():
+    # Real nuclei dim towards their own outline, so a contact line shows between neighbours:
+    # two equally bright squares side by side, no texture.
+    lab = np.zeros((40, 60), dtype=np.int32)
+    lab[10:30, 10:30] = 1
+    lab[10:30, 30:50] = 2
+    dim = 0
+    for seed in range(10):
+        field = _object_field(np.random.default_rng(seed), lab, 0.5, 0.5, 0.0)
+        seam = field[15:25, 29:31].mean()  # the two columns where the squares meet
+        core = np.concatenate([field[15:25, 18:22], field[15:25, 38:42]]).mean()
+        assert seam <= core
+        dim += int(seam < 0.97 * core)
+    assert dim >= 7  # the dimming strength is drawn per image, sometimes near zero
+
+
+def test_some_images_hold_a_few_much_brighter_objects():
+    # mitotic nuclei: several times the typical level, so they saturate once displayed
+    found = 0
+    for seed in range(12):
+        img, lab = synth_image(seed, (128, 128), kind="fluorescence", n_objects=60, radius=(5, 7))
+        level = ndi.median(img.astype(np.float64), lab, index=np.arange(1, lab.max() + 1))
+        found += int(np.max(level) > 2.5 * np.median(level))
+    assert 0 < found < 12
+
+
+def test_nuclei_images_follow_seeds_and_vary_in_size_and_crowding():
+    a_img, a_lab = nuclei_image(3)
+    b_img, b_lab = nuclei_image(3)
+    np.testing.assert_array_equal(a_img, b_img)
+    np.testing.assert_array_equal(a_lab, b_lab)
+    shapes, counts = set(), []
+    for seed in range(10):
+        img, lab = nuclei_image(seed)
+        assert img.dtype == np.uint16 and img.shape == lab.shape
+        assert 256 <= max(img.shape) <= 448
+        shapes.add(img.shape)
+        counts.append(int(lab.max()))
+    assert len(shapes) > 5
+    assert max(counts) > 4 * max(1, min(counts))
+
+
+def test_nuclei_dataset_items_follow_seeds():
+    ds = NucleiDataset(4, seed=50)
+    img, lab = ds[1]
+    ref_img, ref_lab = nuclei_image(51)
+    np.testing.assert_array_equal(img, ref_img)
+    np.testing.assert_array_equal(lab, ref_lab)
+    assert ds.describe() == {
+        "generator": "samlib.synth.nuclei_image",
+        "length": 4,
+        "seed": 50,
+        "frame": 256,
+    }
+    with pytest.raises(IndexError):
+        ds[4]
