@@ -39,9 +39,10 @@ class TrainParams:
     ``steps_per_epoch`` steps of ``batch_images`` images each make an epoch; ``None``
     means one pass over the training images (at least 10 steps). ``max_minutes`` stops
     training after that wall time, keeping the best epoch so far. The mask loss is
-    ``focal_weight * focal + dice`` (SAM: 20). From scratch the focal term is left out for
-    ``focal_delay_steps`` steps and then rises linearly over ``focal_ramp_steps``: on its
-    own it first drives every logit negative, and a fresh decoder then stalls there.
+    ``focal_weight * focal + bce_weight * cross-entropy + dice`` (SAM: 20 and 0). From
+    scratch the focal term is left out for ``focal_delay_steps`` steps and then rises
+    linearly over ``focal_ramp_steps``: on its own it first drives every logit negative,
+    and a fresh decoder then stalls there.
     """
 
     epochs: int = 20
@@ -54,6 +55,7 @@ class TrainParams:
     n_corrections: int = 1
     n_background: int = 2
     focal_weight: float = 20.0
+    bce_weight: float = 0.0
     focal_ramp_steps: int = 0
     focal_delay_steps: int = 0
     freeze_encoder: bool = True
@@ -215,6 +217,7 @@ def train(
                     n_background=params.n_background,
                     focal_weight=params.focal_weight
                     * _ramp(step - params.focal_delay_steps, params.focal_ramp_steps),
+                    bce_weight=params.bce_weight,
                 )
                 for e, s in zip(embs, batch, strict=True)
             ) / len(batch)

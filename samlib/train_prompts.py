@@ -178,7 +178,11 @@ def mask_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def sam_loss(
-    logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor, focal_weight: float = 20.0
+    logits: torch.Tensor,
+    iou_pred: torch.Tensor,
+    target: torch.Tensor,
+    focal_weight: float = 20.0,
+    bce_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM's loss for (K, M, L, L) logits, (K, M) predicted IoU and (K, L, L) bool targets.
 
@@ -186,9 +190,16 @@ def sam_loss(
     output's real IoU. Returns the mean loss and the index of the best output (K,).
     ``focal_weight`` is SAM's 20; training from scratch ramps it up from 0, because the
     focal term alone first drives every logit negative and learning then stalls.
+    ``bce_weight`` adds plain per-pixel cross-entropy (SAM: 0); the bundled demo model
+    was trained from scratch with it in place of the focal term.
     """
     t = target[:, None].expand_as(logits).float()
-    per = focal_weight * focal_loss(logits, t) + dice_loss(logits, t)
+    per = dice_loss(logits, t)
+    if focal_weight:
+        per = per + focal_weight * focal_loss(logits, t)
+    if bce_weight:
+        bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
+        per = per + bce_weight * bce.flatten(-2).mean(-1)
     best = per.argmin(1)
     real = mask_iou(logits.detach() > 0, t > 0.5)
     loss = per.gather(1, best[:, None]).mean() + F.mse_loss(iou_pred, real)

@@ -64,8 +64,12 @@ def train_step(
     n_corrections: int = 1,
     n_background: int = 2,
     focal_weight: float = 20.0,
+    bce_weight: float = 0.0,
 ) -> torch.Tensor:
-    """SAM's loss on one image: prompts for ``n_prompts`` random instances (scalar tensor)."""
+    """SAM's loss on one image: prompts for ``n_prompts`` random instances (scalar tensor).
+
+    ``focal_weight`` and ``bce_weight`` weigh the mask loss terms (see ``sam_loss``).
+    """
     dev = emb.device
     size = model.image_encoder.img_size
     low = sample.low.to(dev)
@@ -89,7 +93,7 @@ def train_step(
             logits, iou = _decode(
                 model, emb, None if pts is None else (pts, lab), boxes, None, not use_box
             )
-            loss, best = sam_loss(logits, iou, target, focal_weight)
+            loss, best = sam_loss(logits, iou, target, focal_weight, bce_weight)
             total = total + loss
             for _ in range(n_corrections):
                 prev = logits.gather(
@@ -99,7 +103,7 @@ def train_step(
                 pts = cp if pts is None else np.concatenate([pts, cp], 1)
                 lab = cl if lab is None else np.concatenate([lab, cl], 1)
                 logits, iou = _decode(model, emb, (pts, lab), boxes, prev, False)
-                loss, best = sam_loss(logits, iou, target, focal_weight)
+                loss, best = sam_loss(logits, iou, target, focal_weight, bce_weight)
                 total = total + loss
     return total + background_loss(model, emb, sample, n_background, rng)
 
