@@ -86,6 +86,11 @@ class Candidates:
     stability_floor: float
     params: GeneratorParams
     stats: dict[str, Any] = field(default_factory=dict)
+    # small-region clean-up results by (candidate index, min_mask_region_area), filled by
+    # samlib.refilter so that moving a slider does not clean the same masks again
+    cleaned: dict[tuple[int, int], Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __len__(self) -> int:
         return len(self.rles)

@@ -80,35 +80,44 @@ def select(cands: Candidates, params: GeneratorParams) -> tuple[np.ndarray, torc
     return idx.numpy(), boxes
 
 
-def _small_regions(
-    rles: list[np.ndarray],
-    size: tuple[int, int],
-    boxes: torch.Tensor,
-    min_area: int,
-    nms_thresh: float,
-) -> tuple[list[int], list[np.ndarray], torch.Tensor]:
-    """Stock ``postprocess_small_regions``, one mask in memory at a time.
+def _cleaned(cands: Candidates, i: int, min_area: int) -> tuple[torch.Tensor, Any]:
+    """Candidate ``i`` after stock hole and island removal: (XYXY box, RLE or None if unchanged).
 
-    Returns the kept positions (NMS order), their RLEs and boxes (XYXY, image frame).
+    Cached on the candidates: the result depends only on the mask and ``min_area``.
     """
-    new_rles, new_boxes, scores = [], [], []
-    for rle in rles:
-        mask = rlelib.decode(rle, size)
+    key = (int(i), int(min_area))
+    if key not in cands.cleaned:
+        mask = rlelib.decode(cands.rles[i], cands.image_size)
         mask, changed = remove_small_regions(mask, min_area, mode="holes")
         unchanged = not changed
         mask, changed = remove_small_regions(mask, min_area, mode="islands")
         unchanged = unchanged and not changed
-        new_boxes.append(batched_mask_to_box(torch.as_tensor(mask)[None])[0])
-        new_rles.append(None if unchanged else rlelib.encode(mask))
-        scores.append(float(unchanged))
-    nb = torch.stack(new_boxes)
+        box = batched_mask_to_box(torch.as_tensor(mask)[None])[0]
+        cands.cleaned[key] = (box, None if unchanged else rlelib.encode(mask))
+    return cands.cleaned[key]
+
+
+def _small_regions(
+    cands: Candidates,
+    idx: np.ndarray,
+    boxes: torch.Tensor,
+    min_area: int,
+    nms_thresh: float,
+) -> tuple[list[int], list[np.ndarray], torch.Tensor]:
+    """Stock ``postprocess_small_regions`` on the candidates ``idx``, one mask at a time.
+
+    Returns the kept positions (NMS order), their RLEs and boxes (XYXY, image frame).
+    """
+    done = [_cleaned(cands, i, min_area) for i in idx]
+    nb = torch.stack([box for box, _ in done])
+    scores = [float(rle is None) for _, rle in done]
     nms = batched_nms(nb.float(), torch.as_tensor(scores), torch.zeros(len(nb)), nms_thresh)
     out_rles, out_boxes = [], boxes.clone()
-    for i in nms.tolist():
-        if scores[i] == 0.0:
-            out_boxes[i] = nb[i]
-    for i in nms.tolist():
-        out_rles.append(rles[i] if new_rles[i] is None else new_rles[i])
+    for k in nms.tolist():
+        box, rle = done[k]
+        if rle is not None:
+            out_boxes[k] = box
+        out_rles.append(cands.rles[idx[k]] if rle is None else rle)
     return nms.tolist(), out_rles, out_boxes[nms]
 
 
@@ -142,8 +151,8 @@ def refilter(cands: Candidates, params: GeneratorParams | None = None, **changes
     rles = [cands.rles[i] for i in idx]
     if params.min_mask_region_area > 0 and len(rles):
         pos, rles, boxes = _small_regions(
-            rles,
-            cands.image_size,
+            cands,
+            idx,
             boxes,
             params.min_mask_region_area,
             max(params.box_nms_thresh, params.crop_nms_thresh),

@@ -167,10 +167,13 @@ def test_refilter_equals_fresh_run_without_model(sharp_sam):
             min_mask_region_area=40,
             output_mode="coco_rle",
         ),
+        # again, now from the masks cleaned for the previous change (cached on cands)
+        dict(pred_iou_thresh=0.1, stability_score_thresh=0.3, min_mask_region_area=40),
     ]
     try:
         results = [refilter(cands, **c) for c in changes]
         assert counter.calls == 0
+        assert cands.cleaned and {area for _, area in cands.cleaned} == {40}
     finally:
         counter.remove()
     for c, ours in zip(changes, results, strict=True):
