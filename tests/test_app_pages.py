@@ -435,7 +435,7 @@ def test_everything_starts_at_the_thresholds_suggested_for_the_model(app_env, mo
     from samlib import models
 
     # the injected checkpoint is known by its file stem; give it suggested thresholds
-    suggested = {"pred_iou_thresh": 0.2, "stability_score_thresh": 0.3}
+    suggested = {"pred_iou_thresh": 0.2, "stability_score_thresh": 0.3, "min_mask_region_area": 20}
     entry = dataclasses.replace(
         models.REGISTRY["small_cnn"], name=app_env.stem, suggested_params=suggested
     )
@@ -443,10 +443,14 @@ def test_everything_starts_at_the_thresholds_suggested_for_the_model(app_env, mo
     at = run_everything_page(seeded(new_app()))
     assert at.slider(key="w_pred_iou_thresh").value == 0.2
     assert at.slider(key="w_stability_score_thresh").value == 0.3
+    assert at.number_input(key="w_min_mask_region_area").value == 20
+    assert at.session_state[state.EVERYTHING].params["min_mask_region_area"] == 20
     assert not [b for b in at.button if b.key == "use_suggested"]  # already in use
     at.slider(key="w_pred_iou_thresh").set_value(0.9).run()
+    at.number_input(key="w_min_mask_region_area").set_value(0).run()
     no_errors(at)
     at.button(key="use_suggested").click().run()
     no_errors(at)
     assert at.slider(key="w_pred_iou_thresh").value == 0.2
     assert at.slider(key="w_stability_score_thresh").value == 0.3
+    assert at.number_input(key="w_min_mask_region_area").value == 20

@@ -19,7 +19,7 @@ LIVE = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms
 
 
 def threshold_defaults(model: Any) -> dict[str, float]:
-    """Starting values of the live filters: SAM's defaults, or those suggested for the model."""
+    """Starting values of the live filters (and any other parameter the model suggests)."""
     out = {name: float(getattr(DEFAULTS, name)) for name in LIVE}
     out.update(suggested_params(model))
     return out
@@ -97,7 +97,7 @@ def generator_params_ui(model: Any = None) -> dict[str, Any]:
             st.number_input,
             "min_mask_region_area (px)",
             "min_mask_region_area",
-            DEFAULTS.min_mask_region_area,
+            int(start.get("min_mask_region_area", DEFAULTS.min_mask_region_area)),
             min_value=0,
             step=10,
             help=h["min_mask_region_area"],
@@ -187,9 +187,9 @@ def filter_ui(run: EverythingRun, model: Any = None) -> dict[str, float]:
             icon=":material/tune:",
             on_click=_use_suggested,
             args=(suggested,),
-            help="This model's predicted IoU and stability run lower than SAM's, so SAM's "
-            "defaults keep few of its masks. The suggested values were chosen on synthetic "
-            "validation images.",
+            help="This model's predicted IoUs and stability scores are not on SAM's scale, "
+            "so SAM's defaults do not suit it. The suggested values were chosen on synthetic "
+            "validation images; min_mask_region_area applies at the next run.",
         )
     f: dict[str, float] = {}
     for col, name in zip(st.columns(len(names)), names, strict=True):
