@@ -344,14 +344,14 @@ def main(argv=None) -> int:
 def trained_section(args) -> None:
     """Stock vs exact vs fast with the bundled small demo model on the DSB2018 sample."""
     from samlib.display import to_rgb8
-    from samlib.models import load_model
+    from samlib.models import load_model, suggested_params
     from samlib.samples import load_sample
 
     model = load_model("small_cnn", device="cuda" if torch.cuda.is_available() else "cpu")
     image, _, _ = load_sample("dsb2018")
     img = to_rgb8(image)
-    # the demo model's scores are lower than SAM's: thresholds where its nuclei pass
-    params = dict(points_per_side=32, pred_iou_thresh=0.5, stability_score_thresh=0.8)
+    # the parameters its registry entry suggests (what the app and evaluate-model use)
+    params = dict(points_per_side=32, **suggested_params("small_cnn"))
     with torch.no_grad():
         emb = compute_embedding(model, img)
     gen = stock_generator(model, emb, **params)

@@ -72,9 +72,10 @@ class ModelEntry:
     package_file : bool
         The checkpoint ships inside the package (no download).
     suggested_params : dict or None
-        Segment-everything thresholds suited to this model where SAM's defaults are not
-        (a model whose predicted IoU and stability run lower than SAM's); the app starts
-        its sliders there and ``evaluate-model`` uses them. ``None``: SAM's defaults.
+        Segment-everything parameters suited to this model where SAM's defaults are not
+        (thresholds for a model whose predicted IoU and stability are not on SAM's scale,
+        ``min_mask_region_area``...); the app starts its widgets there and
+        ``evaluate-model`` uses them. ``None``: SAM's defaults.
     mask_threshold : float
         Mask logit above which a pixel belongs to the mask (SAM: 0.0), set as the loaded
         model's ``mask_threshold``, which every prompt and generator path reads.
@@ -315,7 +316,7 @@ def download_model(name: str, progress: Callable[[int, int | None], None] | None
 
 # -- reading and loading ----------------------------------------------------------------
 def suggested_params(model_or_name: Any) -> dict[str, float]:
-    """Segment-everything thresholds suggested for a model (empty: SAM's defaults).
+    """Segment-everything parameters suggested for a model (empty: SAM's defaults).
 
     Accepts a registry name or a model returned by :func:`load_model`.
     """
@@ -409,7 +410,7 @@ def _register_bundled() -> None:
             size=_SMALL_CNN_SIZE,
             sha256=_SMALL_CNN_SHA256,
             description=(
-                "Small demo model, not SAM: a 0.4M-parameter SAM-architecture model with a "
+                "Small demo model, not SAM: a 1.2M-parameter SAM-architecture model with a "
                 "CNN encoder, trained on synthetic images; for trying the app offline only"
             ),
             file_format="samlib",
@@ -424,11 +425,13 @@ def _register_bundled() -> None:
 
 # Chosen by scripts/calibrate_thresholds.py on synthetic validation images: the mask
 # threshold by point and box prompts, then the segment-everything thresholds with it.
-_SMALL_CNN_MASK_THRESHOLD = 2.5
+_SMALL_CNN_MASK_THRESHOLD = -2.0
 _SMALL_CNN_PARAMS: dict[str, float] | None = {
-    "pred_iou_thresh": 0.45,
-    "stability_score_thresh": 0.95,
+    "pred_iou_thresh": 0.7,
+    "stability_score_thresh": 0.5,
+    "box_nms_thresh": 0.5,
+    "min_mask_region_area": 256,
 }
-_SMALL_CNN_SIZE: int | None = 1579467
-_SMALL_CNN_SHA256: str | None = "d38a84204cfdfbf664db263f2a1e009e63c9de6b1c86e87516859c0ea96ecaa5"
+_SMALL_CNN_SIZE: int | None = 4956951
+_SMALL_CNN_SHA256: str | None = "1cba3df8bc8f38c65d81f7b051e65e12a68aedf182ceefb0f7c55a373f64c0ea"
 _register_bundled()

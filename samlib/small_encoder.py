@@ -101,24 +101,24 @@ def build_cnn_encoder(cfg: SamConfig) -> nn.Module:
 
 ENCODERS.setdefault("cnn", build_cnn_encoder)
 
-# The bundled demo model: 256 px input, 64 x 64 x 32 embedding, a narrow SAM decoder.
+# The bundled demo model: 256 px input, 64 x 64 x 64 embedding, a narrow SAM decoder.
 SMALL_CNN = SamConfig(
     encoder="cnn",
     img_size=256,
     patch_size=4,
-    embed_dim=48,
-    depth=3,
+    embed_dim=64,
+    depth=4,
     num_heads=1,
     global_attn_indexes=(),
     window_size=0,
-    prompt_embed_dim=32,
-    mask_in_chans=8,
+    prompt_embed_dim=64,
+    mask_in_chans=16,
     decoder_depth=2,
-    decoder_mlp_dim=128,
+    decoder_mlp_dim=256,
     decoder_num_heads=2,
     iou_head_depth=3,
     iou_head_hidden_dim=64,
-    encoder_options={"widths": [24, 48, 64], "depth": 3},
+    encoder_options={"widths": [32, 64, 128], "depth": 4},
 )
 
 

@@ -31,7 +31,7 @@ from samlib import coords
 from samlib.arch import VIT_TINY, build_sam
 from samlib.canvas import CanvasPrompts
 from samlib.embeddings import compute_embedding
-from samlib.models import load_model, save_checkpoint
+from samlib.models import load_model, save_checkpoint, suggested_params
 from samlib.objects import predict_candidates
 from samlib.samples import load_sample
 from samlib.session import prepare_image
@@ -269,6 +269,13 @@ def test_workshop_in_the_browser(page, checkpoint):
         box.fill("0")
         box.press("Enter")
         idle(pg)
+    pg.get_by_text("Mask post-processing").click()
+    box = pg.get_by_role("spinbutton", name="min_mask_region_area (px)")
+    suggested = suggested_params(checkpoint.stem)  # the demo model's entry, if it is used
+    assert box.input_value() == str(suggested.get("min_mask_region_area", 0))
+    box.fill("0")
+    box.press("Enter")
+    idle(pg)
     pg.get_by_role("button", name="Run segment everything").click()
     pg.get_by_text("Decoded candidates").wait_for(timeout=150_000)
     idle(pg)

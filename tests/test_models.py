@@ -336,17 +336,20 @@ def test_pick_device_prefers_cuda(monkeypatch):
 
 
 def test_suggested_params_by_name_and_by_loaded_model(tiny_checkpoint):
+    from samlib.genparams import GeneratorParams
     from samlib.models import load_model, suggested_params
 
     assert suggested_params("vit_b") == {}  # SAM: its own defaults
     assert suggested_params("no such model") == {}
     small = suggested_params("small_cnn")
-    assert set(small) <= {"pred_iou_thresh", "stability_score_thresh"}
+    assert small and GeneratorParams(**small)  # valid generator parameters
     assert suggested_params(load_model("small_cnn")) == small
     assert suggested_params(load_model(str(tiny_checkpoint))) == {}
 
 
-def test_registry_mask_threshold_reaches_the_loaded_model(tiny_checkpoint):
+def test_registry_mask_threshold_reaches_the_loaded_model(tiny_checkpoint, monkeypatch):
+    import dataclasses
+
     import numpy as np
 
     from samlib.embeddings import compute_embedding
@@ -354,8 +357,11 @@ def test_registry_mask_threshold_reaches_the_loaded_model(tiny_checkpoint):
     from samlib.prompts import predict
 
     assert REGISTRY["vit_b"].mask_threshold == 0.0  # SAM's own
-    small = load_model("small_cnn")
-    assert small.mask_threshold == REGISTRY["small_cnn"].mask_threshold != 0.0
+    # the bundled weights under an entry that cuts its masks at logit 1.5
+    entry = dataclasses.replace(REGISTRY["small_cnn"], name="small_cut", mask_threshold=1.5)
+    monkeypatch.setitem(REGISTRY, "small_cut", entry)
+    small = load_model("small_cut")
+    assert small.mask_threshold == 1.5
     assert load_model(str(tiny_checkpoint)).mask_threshold == 0.0  # a file: SAM's default
     # a checkpoint written from the demo model (e.g. fine-tuned) keeps its mask cut
     saved = models.save_checkpoint(

@@ -8,19 +8,23 @@ import numpy as np
 import pytest
 import torch
 from segment_anything import SamPredictor
+from torch.nn import functional as F
 
 from samlib.arch import ENCODERS, SamConfig, build_sam
-from samlib.benchmark_model import evaluate_model, object_prompts
+from samlib.benchmark_model import evaluate_model, object_prompts, prompt_ious
+from samlib.display import to_rgb8
 from samlib.errors import ParameterError
 from samlib.small_encoder import SMALL_CNN
-from samlib.synth import synth_image
+from samlib.synth import nuclei_image, synth_image
 from samlib.train import TrainParams, train
 from samlib.train_prompts import (
     correction_points,
     dice_loss,
     focal_loss,
     jitter_boxes,
+    mask_iou,
     prepare_sample,
+    sam_loss,
     sample_points,
 )
 from tests.conftest import make_disks
@@ -72,7 +76,7 @@ def test_cnn_encoder_is_registered_and_gives_sam_embeddings():
     assert model.image_encoder.img_size == 256
     with torch.no_grad():
         out = model.image_encoder(torch.zeros(2, 3, 256, 256))
-    assert out.shape == (2, 32, 64, 64)
+    assert out.shape == (2, SMALL_CNN.prompt_embed_dim, 64, 64)
     assert model.prompt_encoder.image_embedding_size == (64, 64)
 
 
@@ -146,6 +150,23 @@ def test_losses_are_small_for_right_and_large_for_wrong_logits():
     assert dice_loss(right, target).item() < 1e-3
     assert focal_loss(-right, target).item() > 1.0
     assert dice_loss(-right, target).item() > 0.99
+
+
+def test_sam_loss_adds_cross_entropy_when_asked():
+    target = torch.zeros(2, 8, 8, dtype=torch.bool)
+    target[:, 2:6, 2:6] = True
+    logits = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    iou = torch.full((2, 3), 0.5)
+    t = target[:, None].expand_as(logits).float()
+    dice = dice_loss(logits, t)
+    bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none").mean((-2, -1))
+    real = mask_iou(logits > 0, t > 0.5)
+    for w in (0.0, 1.0, 3.0):
+        loss, best = sam_loss(logits, iou, target, focal_weight=0.0, bce_weight=w)
+        per = dice + w * bce
+        np.testing.assert_array_equal(best.numpy(), per.argmin(1).numpy())
+        want = per.min(1).values.mean() + F.mse_loss(iou, real)
+        assert loss.item() == pytest.approx(want.item(), rel=1e-6)
 
 
 def test_short_training_learns_and_writes_a_loadable_checkpoint(tiny_cnn, tmp_path):
@@ -261,7 +282,7 @@ def test_bundled_model_works_with_sam_predictor(bundled):
     rgb = np.repeat((img // 2 + 20)[..., None], 3, axis=2)
     predictor = SamPredictor(bundled)
     predictor.set_image(rgb)
-    assert predictor.features.shape == (1, 32, 64, 64)
+    assert predictor.features.shape == (1, SMALL_CNN.prompt_embed_dim, 64, 64)
     masks, scores, low = predictor.predict(np.array([[70, 60]]), np.array([1]))
     assert masks.shape == (3, 200, 240) and masks.dtype == bool
     assert low.shape == (3, 256, 256)
@@ -270,9 +291,14 @@ def test_bundled_model_works_with_sam_predictor(bundled):
     assert masks.shape == (1, 200, 240)
 
 
-def test_bundled_model_runs_everything_and_evaluation(bundled):
-    from samlib.display import to_rgb8
+def test_bundled_model_segments_unseen_synthetic_nuclei(bundled):
+    """The trained weights follow prompts (random weights score near 0 here)."""
+    img, lab = nuclei_image(9_000_001)  # a seed far from training and validation
+    res = prompt_ious(bundled, to_rgb8(img), lab)
+    assert res["point_miou"] > 0.75 and res["box_miou"] > 0.75
 
+
+def test_bundled_model_runs_everything_and_evaluation(bundled):
     img, lab = synth_image(123, (96, 96), kind="fluorescence", n_objects=8, radius=(7, 10))
     res = evaluate_model(
         bundled,
