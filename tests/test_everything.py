@@ -329,3 +329,33 @@ def test_channels_last_convolution_used_only_where_bits_agree(monkeypatch):
         for _ in range(2):
             assert torch.equal(decoder._conv_t(conv, x), ref)
     assert list(decoder._CL_FORMAT.values()) == [None]  # checked once, refused
+
+
+@pytest.mark.parametrize("mode", ["holes", "islands"])
+def test_small_region_removal_equals_stock(mode):
+    from segment_anything.utils.amg import remove_small_regions as stock
+
+    from samlib.refilter import remove_small_regions
+
+    rng = np.random.default_rng(0)
+    speckled = rng.random((120, 160)) < 0.5  # thousands of pieces and holes
+    blob = np.zeros((120, 160), dtype=bool)
+    blob[20:80, 30:110] = True
+    blob[40:45, 50:55] = False  # a small hole
+    blob[100:103, 10:13] = True  # a small island
+    tiny = np.zeros((40, 40), dtype=bool)
+    tiny[5:8, 5:8] = tiny[20:22, 20:22] = True  # every island small: the largest stays
+    for mask in (speckled, blob, tiny, np.zeros((30, 30), dtype=bool)):
+        for area in (1, 10, 50, 10_000):
+            ours, changed = remove_small_regions(mask, area, mode)
+            ref, ref_changed = stock(mask, area, mode)
+            assert changed == ref_changed
+            np.testing.assert_array_equal(ours, ref)
+    assert remove_small_regions(blob, 50, mode)[1]  # the small hole / island is removed
+
+
+def test_small_region_removal_refuses_an_unknown_mode():
+    from samlib.refilter import remove_small_regions
+
+    with pytest.raises(ParameterError, match="mode"):
+        remove_small_regions(np.ones((4, 4), dtype=bool), 2, "edges")
