@@ -38,7 +38,12 @@ def _background(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _draw_objects(
-    rng: np.random.Generator, shape: tuple[int, int], n: int, r_lo: float, r_hi: float
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    n: int,
+    r_lo: float,
+    r_hi: float,
+    min_axis_ratio: float = 0.45,
 ) -> np.ndarray:
     """Star-convex blobs with random centres, later ones hiding earlier ones (int32 labels)."""
     h, w = shape
@@ -59,7 +64,7 @@ def _draw_objects(
         if any(np.hypot(cy - y, cx - x) < min_sep * (r + q) for y, x, q in placed):
             continue
         placed.append((cy, cx, r))
-        ecc = rng.uniform(0.45, 1.0)
+        ecc = rng.uniform(min_axis_ratio, 1.0)
         theta = rng.uniform(0, np.pi)
         harm = rng.normal(0, 0.06, 4) / np.arange(1, 5)
         phase = rng.uniform(0, 2 * np.pi, 4)
@@ -145,6 +150,7 @@ def synth_image(
     kind: str | None = None,
     n_objects: int | None = None,
     radius: tuple[float, float] | None = None,
+    min_axis_ratio: float = 0.45,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one synthetic microscopy image and its instance labels from a seed.
 
@@ -161,6 +167,9 @@ def synth_image(
         Objects to try to place (some are rejected for crowding); random when omitted.
     radius : (low, high), optional
         Range of object radii in pixels (log-uniform); random when omitted.
+    min_axis_ratio : float
+        Lowest minor/major axis ratio of an object (uniform up to 1): lower draws more
+        elongated objects.
 
     Returns
     -------
@@ -183,12 +192,14 @@ def synth_image(
     r_lo, r_hi = float(radius[0]), float(radius[1])
     if not 0 < r_lo <= r_hi:
         raise ParameterError(f"radius must be 0 < low <= high, got {radius!r}")
+    if not 0 < min_axis_ratio <= 1:
+        raise ParameterError(f"min_axis_ratio must be in (0, 1], got {min_axis_ratio!r}")
     if n_objects is None:
         density = rng.uniform(0.1, 0.55)
         n_objects = int(density * shape[0] * shape[1] / (np.pi * (r_lo * r_hi)))
     n_objects = max(1, int(n_objects))
     grow = kind == "multichannel"
-    labels = _draw_objects(rng, shape, n_objects, r_lo, r_hi)
+    labels = _draw_objects(rng, shape, n_objects, r_lo, r_hi, min_axis_ratio)
     labels = _clean(labels, min_area=max(4, int(0.3 * np.pi * r_lo**2)))
     bg = _background(rng, shape)
     blur = rng.uniform(0.0, 1.6)
@@ -227,13 +238,19 @@ def synth_image(
     return _to_uint(img, rng, np.uint16), cells.astype(np.int32)
 
 
-def nuclei_image(seed: int, frame: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def nuclei_image(
+    seed: int, frame: int = 256, *, min_axis_ratio: float = 0.45, glow: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """A fluorescence nuclei image of random size, scale and crowding, from a seed.
 
     The bundled demo model's training distribution. Sides are ``frame`` to 1.75 ``frame``
     px (three in ten not square); once the longest side is brought to ``frame`` px, as the
     model does, nuclei have radii from 3-7.5 px up to 1.25-2 times that, and cover 5-50 %
-    of the image: sparse fields to crowded, touching colonies.
+    of the image: sparse fields to crowded, touching colonies. ``min_axis_ratio`` as in
+    :func:`synth_image`; ``glow`` adds, in two images of three, out-of-focus light (the
+    image blurred wide) around the nuclei, as widefield microscopes show. The labels keep
+    the nuclei's own outlines, so a bright nucleus's halo is background. The defaults give
+    the images the demo model's first training stage used (unchanged by the options).
 
     Returns
     -------
@@ -249,7 +266,28 @@ def nuclei_image(seed: int, frame: int = 256) -> tuple[np.ndarray, np.ndarray]:
     lo = float(np.exp(rng.uniform(np.log(3.0), np.log(7.5)))) * scale
     hi = lo * float(rng.uniform(1.25, 2.0))
     n = int(rng.uniform(0.05, 0.5) * h * w / (np.pi * lo * hi))
-    return synth_image(seed, (h, w), kind="fluorescence", n_objects=n, radius=(lo, hi))
+    img, labels = synth_image(
+        seed,
+        (h, w),
+        kind="fluorescence",
+        n_objects=n,
+        radius=(lo, hi),
+        min_axis_ratio=min_axis_ratio,
+    )
+    if glow:
+        img = _add_glow(np.random.default_rng([seed, 2]), img, lo)
+    return img, labels
+
+
+def _add_glow(rng: np.random.Generator, img: np.ndarray, radius: float) -> np.ndarray:
+    """Out-of-focus light: the image plus 10-50 % of itself blurred over 0.5-1.5 radii."""
+    if rng.random() < 1 / 3:
+        return img
+    top = float(np.iinfo(img.dtype).max)
+    sharp = img.astype(np.float32)
+    halo = ndi.gaussian_filter(sharp, rng.uniform(0.5, 1.5) * radius)
+    out = sharp + rng.uniform(0.1, 0.5) * halo
+    return np.clip(out, 0, top).astype(img.dtype)
 
 
 class SynthDataset:
@@ -299,12 +337,12 @@ class SynthDataset:
 class NucleiDataset(SynthDataset):
     """A lazy sequence of :func:`nuclei_image` pairs: item ``i`` uses seed ``seed + i``."""
 
-    def __init__(self, length: int, seed: int = 0, frame: int = 256) -> None:
+    def __init__(self, length: int, seed: int = 0, frame: int = 256, **kwargs) -> None:
         super().__init__(length, seed)
-        self.frame = int(frame)
+        self.frame, self.options = int(frame), kwargs  # min_axis_ratio, glow
 
     def _draw(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        return nuclei_image(seed, self.frame)
+        return nuclei_image(seed, self.frame, **self.options)
 
     def describe(self) -> dict:
         """Plain-JSON description (for training sidecars)."""
@@ -313,4 +351,5 @@ class NucleiDataset(SynthDataset):
             "length": self.length,
             "seed": self.seed,
             "frame": self.frame,
+            **self.options,
         }

@@ -185,3 +185,47 @@ def test_nuclei_dataset_items_follow_seeds():
     }
     with pytest.raises(IndexError):
         ds[4]
+
+
+def test_nuclei_dataset_passes_its_options_and_records_them():
+    ds = NucleiDataset(2, seed=60, glow=True, min_axis_ratio=0.3)
+    img, lab = ds[0]
+    ref_img, ref_lab = nuclei_image(60, glow=True, min_axis_ratio=0.3)
+    np.testing.assert_array_equal(img, ref_img)
+    np.testing.assert_array_equal(lab, ref_lab)
+    assert ds.describe()["glow"] is True and ds.describe()["min_axis_ratio"] == 0.3
+
+
+def _ring_over_far(img: np.ndarray, lab: np.ndarray) -> float:
+    """Mean background brightness just outside the nuclei over that far from them."""
+    dist = ndi.distance_transform_edt(lab == 0)
+    bg = img.astype(np.float64)
+    return bg[(dist > 0) & (dist <= 3)].mean() / max(bg[dist > 12].mean(), 1e-9)
+
+
+def test_glow_lights_the_background_near_nuclei_and_keeps_the_labels():
+    changed = 0
+    for seed in range(9):
+        plain, lab = nuclei_image(seed)
+        lit, lit_lab = nuclei_image(seed, glow=True)
+        np.testing.assert_array_equal(lab, lit_lab)
+        if np.array_equal(plain, lit):
+            continue
+        changed += 1
+        assert _ring_over_far(lit, lab) > _ring_over_far(plain, lab)
+    assert 3 <= changed < 9  # two images in three, by the seed
+
+
+def test_min_axis_ratio_draws_more_elongated_nuclei():
+    from skimage.measure import regionprops
+
+    def mean_ratio(lab):
+        props = [p for p in regionprops(lab) if p.area > 30]
+        return np.mean([p.axis_minor_length / p.axis_major_length for p in props])
+
+    for seed in (2, 5):
+        _, round_lab = synth_image(seed, (160, 160), kind="fluorescence", min_axis_ratio=0.9)
+        _, long_lab = synth_image(seed, (160, 160), kind="fluorescence", min_axis_ratio=0.3)
+        assert mean_ratio(long_lab) < mean_ratio(round_lab) - 0.15
+    with pytest.raises(ParameterError, match="min_axis_ratio"):
+        synth_image(0, (64, 64), min_axis_ratio=0.0)
