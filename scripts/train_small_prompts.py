@@ -12,9 +12,9 @@ outputs for a point), plus the IoU head's squared error. AdamW, linear warm-up, 
 decay; validation IoU (most interior point, tight box) on synthetic images of other seeds
 after every epoch; the best epoch is written, with its sidecar JSON.
 
-The bundled model (two CPU threads, about three hours)::
-
-    .venv/bin/python scripts/train_small_prompts.py --seed 0 --out samlib/weights/small_cnn.pt
+``--init CHECKPOINT`` starts from trained weights instead (a further stage), and
+``--glow`` / ``--min-axis-ratio`` widen the images (see ``nuclei_image``). The bundled
+model is trained in two stages (two CPU threads); see ``samlib/weights/README.md``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from samlib.arch import build_sam  # noqa: E402
+from samlib.models import load_model  # noqa: E402
 from samlib.small_encoder import SMALL_CNN, sharpen_prompt_positions  # noqa: E402
 from samlib.synth import NucleiDataset  # noqa: E402
 from samlib.train import TrainParams, train  # noqa: E402
@@ -49,15 +50,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-images", type=int, default=8)
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--init", default=None, help="start from this checkpoint, not from scratch")
+    ap.add_argument("--glow", action="store_true", help="out-of-focus glow in the images")
+    ap.add_argument("--min-axis-ratio", type=float, default=0.45)
     ap.add_argument("--out", default="samlib/weights/small_cnn.pt")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = build_sam(SMALL_CNN)
-    sharpen_prompt_positions(model, seed=args.seed)
+    if args.init:
+        model = load_model(args.init, device="cpu")
+        base_model = f"{Path(args.init).name} (SMALL_CNN, trained)"
+    else:
+        model = build_sam(SMALL_CNN)
+        sharpen_prompt_positions(model, seed=args.seed)
+        base_model = "scratch (samlib.small_encoder.SMALL_CNN)"
     base = args.seed * 10_000_000
-    train_set = NucleiDataset(VAL_OFFSET, seed=base)
-    val_set = NucleiDataset(args.val_images, seed=base + VAL_OFFSET)
+    options = {"min_axis_ratio": args.min_axis_ratio, "glow": args.glow}
+    train_set = NucleiDataset(VAL_OFFSET, seed=base, **options)
+    val_set = NucleiDataset(args.val_images, seed=base + VAL_OFFSET, **options)
     params = TrainParams(
         epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch,
@@ -82,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         params,
         config=SMALL_CNN,
-        base_model="scratch (samlib.small_encoder.SMALL_CNN)",
+        base_model=base_model,
         data={
             "train": train_set.describe(),
             "val": val_set.describe(),
