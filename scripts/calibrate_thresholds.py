@@ -15,6 +15,8 @@ chosen values go into the model's registry entry (``mask_threshold`` and
 ``suggested_params``).
 
     .venv/bin/python scripts/calibrate_thresholds.py --model small_cnn
+
+``--glow`` / ``--min-axis-ratio`` draw the images as a training stage with those options did.
 """
 
 from __future__ import annotations
@@ -56,11 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=6)
     ap.add_argument("--seed", type=int, default=7_000_000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--glow", action="store_true", help="nuclei_image's out-of-focus glow")
+    ap.add_argument("--min-axis-ratio", type=float, default=0.45)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     floor = dict(iou_floor=float(IOU_GRID[0]), stability_floor=float(STABILITY_GRID[0]))
-    images = [nuclei_image(args.seed + i) for i in range(args.images)]
+    options = {"min_axis_ratio": args.min_axis_ratio, "glow": args.glow}
+    images = [nuclei_image(args.seed + i, **options) for i in range(args.images)]
     prompt_table = {}
     for t in MASK_GRID:
         model.mask_threshold = t
@@ -124,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 "data": {
                     "generator": "samlib.synth.nuclei_image",
                     "seeds": [args.seed, args.seed + args.images - 1],
+                    **options,
                 },
             },
             indent=2,
