@@ -427,11 +427,11 @@ def _register_bundled() -> None:
 # threshold by point and box prompts, then the segment-everything thresholds with it.
 _SMALL_CNN_MASK_THRESHOLD = -2.0
 _SMALL_CNN_PARAMS: dict[str, float] | None = {
-    "pred_iou_thresh": 0.7,
-    "stability_score_thresh": 0.5,
+    "pred_iou_thresh": 0.8,
+    "stability_score_thresh": 0.95,
     "box_nms_thresh": 0.5,
     "min_mask_region_area": 256,
 }
-_SMALL_CNN_SIZE: int | None = 4956951
-_SMALL_CNN_SHA256: str | None = "1cba3df8bc8f38c65d81f7b051e65e12a68aedf182ceefb0f7c55a373f64c0ea"
+_SMALL_CNN_SIZE: int | None = 4956375
+_SMALL_CNN_SHA256: str | None = "59bc95cc0f677ac073d6e109c65e9e33210b60b019ca9a1d7e23922756dbd085"
 _register_bundled()
