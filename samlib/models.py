@@ -395,7 +395,7 @@ def load_model(
 
 
 # -- the bundled small demo model --------------------------------------------------------
-# Trained from scratch on synthetic images by scripts/train_small_prompts.py (see
+# Trained from scratch, in two stages, on synthetic images by scripts/train_small_prompts.py (see
 # samlib/weights/small_cnn.json for data, parameters and metrics). Registered here so that
 # something runs offline; default_model_name() picks it only when no official checkpoint
 # is cached.
