@@ -338,11 +338,11 @@ class NucleiDataset(SynthDataset):
     """A lazy sequence of :func:`nuclei_image` pairs: item ``i`` uses seed ``seed + i``."""
 
     def __init__(self, length: int, seed: int = 0, frame: int = 256, **kwargs) -> None:
-        super().__init__(length, seed)
-        self.frame, self.options = int(frame), kwargs  # min_axis_ratio, glow
+        super().__init__(length, seed, **kwargs)  # kwargs: nuclei_image's min_axis_ratio, glow
+        self.frame = int(frame)
 
     def _draw(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        return nuclei_image(seed, self.frame, **self.options)
+        return nuclei_image(seed, self.frame, **self.kwargs)
 
     def describe(self) -> dict:
         """Plain-JSON description (for training sidecars)."""
@@ -351,5 +351,5 @@ class NucleiDataset(SynthDataset):
             "length": self.length,
             "seed": self.seed,
             "frame": self.frame,
-            **self.options,
+            **self.kwargs,
         }
