@@ -9,6 +9,12 @@ Three figures on one image, each with a known, reproducible prompt:
   user would set): ``ap50``, ``ap_mean`` (DSB2018 metric TP / (TP + FP + FN) averaged over
   IoU 0.5:0.05:0.95), ``f1`` at IoU 0.5, ``n_pred``, ``n_gt``.
 
+With ``tiled=True`` the image is not shrunk to the model's input: prompts and
+segment-everything run on windows of the model's input size at the image's own resolution
+(:mod:`samlib.tiled_prompts`, :mod:`samlib.tiling`), as the app's tiling option does. That
+suits models with a small input (the 256-pixel demo model) on images whose objects are
+already at the scale the model knows.
+
 Used by ``python -m samlib evaluate-model`` through :func:`main`.
 """
 
@@ -86,6 +92,47 @@ def prompt_ious(
     }
 
 
+@torch.no_grad()
+def tiled_prompt_ious(
+    model: Sam,
+    rgb8: np.ndarray,
+    labels: np.ndarray,
+    *,
+    tile_size: int | None = None,
+    halo: int | None = None,
+) -> dict[str, Any]:
+    """As :func:`prompt_ious`, each prompt on the native-resolution tile that suits it best."""
+    from samlib.tiled_prompts import TiledEmbeddings, predict_tiled
+
+    tiled = TiledEmbeddings.build(model, rgb8, tile_size=tile_size, halo=halo)
+    t0 = time.perf_counter()
+    for i in range(len(tiled.tiles)):
+        tiled.embedding(model, i)
+    encode_s = time.perf_counter() - t0
+    ids, points, boxes = object_prompts(labels)
+    areas = np.bincount(labels.ravel(), minlength=int(labels.max()) + 1)
+    pt_iou, box_iou = [], []
+    for i, point, box in zip(ids, points, boxes, strict=True):
+        res = predict_tiled(model, tiled, points=point[None], labels=[1], multimask=True)
+        pt_iou.append(_window_iou(res, int(np.argmax(res.scores)), labels, i, areas[i]))
+        res = predict_tiled(model, tiled, box=box, multimask=False)
+        box_iou.append(_window_iou(res, 0, labels, i, areas[i]))
+    return {
+        "point_miou": float(np.mean(pt_iou)) if pt_iou else 0.0,
+        "box_miou": float(np.mean(box_iou)) if box_iou else 0.0,
+        "encoder_seconds": encode_s,
+        "tiles": len(tiled.tiles),
+    }
+
+
+def _window_iou(res: Any, k: int, labels: np.ndarray, i: int, gt_area: int) -> float:
+    """IoU of mask ``k`` of a tiled result (window frame) with object ``i`` of ``labels``."""
+    x0, y0, x1, y1 = res.tile.window
+    mask = res.result.masks[0, k]
+    inter = int((mask & (labels[y0:y1, x0:x1] == i)).sum())
+    return inter / max(int(mask.sum()) + int(gt_area) - inter, 1)
+
+
 def _iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     inter = (pred & gt).sum((1, 2))
     union = (pred | gt).sum((1, 2))
@@ -108,12 +155,17 @@ def evaluate_model(
     *,
     min_area: int | None = None,
     max_area: int | None = None,
+    tiled: bool = False,
+    tile_size: int | None = None,
+    halo: int | None = None,
     **generator_params: Any,
 ) -> dict[str, Any]:
     """All figures for one HWC uint8 image and its HxW instance labels (see module doc).
 
     ``min_area`` / ``max_area`` (pixels, inclusive) filter the everything masks before
     matching, as the app's area filter does; ``generator_params`` go to the generator.
+    ``tiled`` runs everything on native-resolution tiles (``tile_size`` and ``halo`` as
+    :func:`samlib.tiling.segment_everything_tiled`; defaults: windows of the input size).
     """
     labels = np.asarray(labels)
     if labels.shape != rgb8.shape[:2] or not np.issubdtype(labels.dtype, np.integer):
@@ -121,12 +173,21 @@ def evaluate_model(
             f"labels must be an integer image of the image's size {rgb8.shape[:2]}, got "
             f"{labels.dtype} {labels.shape}"
         )
-    out: dict[str, Any] = prompt_ious(model, rgb8, labels)
-    t0 = time.perf_counter()
-    records = everything_masks(model, rgb8, **generator_params)
+    if tiled:
+        from samlib.tiling import segment_everything_tiled
+
+        out: dict[str, Any] = tiled_prompt_ious(model, rgb8, labels, tile_size=tile_size, halo=halo)
+        t0 = time.perf_counter()
+        records = segment_everything_tiled(
+            model, rgb8, tile_size=tile_size, halo=halo, **generator_params
+        )
+    else:
+        out = prompt_ious(model, rgb8, labels)
+        t0 = time.perf_counter()
+        records = everything_masks(model, rgb8, **generator_params)
     out["everything_seconds"] = time.perf_counter() - t0
     keep = [
-        r["segmentation"]
+        r
         for r in records
         if (min_area is None or r["area"] >= min_area)
         and (max_area is None or r["area"] <= max_area)
@@ -136,6 +197,7 @@ def evaluate_model(
     out.update({"ap50": float(table.loc[0.5, "ap"]), "ap_mean": ev.average_precision})
     out.update({"f1": float(table.loc[0.5, "f1"]), "n_pred": ev.n_pred, "n_gt": ev.n_gt})
     out["n_pred_unfiltered"] = len(records)
+    out["tiled"] = tiled
     out.update({"min_area": min_area, "max_area": max_area})
     return out
 
@@ -152,6 +214,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-area", type=int, default=None)
     ap.add_argument("--device", default=None)
     ap.add_argument(
+        "--tiled",
+        action="store_true",
+        help="run on tiles at the image's own resolution instead of shrinking it to the "
+        "model's input",
+    )
+    ap.add_argument("--tile-size", type=int, default=None, help="tile core side (with --tiled)")
+    ap.add_argument("--halo", type=int, default=None, help="tile overlap (with --tiled)")
+    ap.add_argument("--fast", action="store_true", help="segment everything in fast mode")
+    ap.add_argument(
         "--sam-thresholds",
         action="store_true",
         help="use SAM's default thresholds even where the registry suggests others for this model",
@@ -162,16 +233,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         from samlib.io import read_image
         from samlib.models import default_model_name, load_model, suggested_params
 
+        if not args.tiled and (args.tile_size is not None or args.halo is not None):
+            raise ParameterError("--tile-size and --halo need --tiled")
         name = args.model or default_model_name()
         model = load_model(name, device=args.device)
         rgb8 = to_rgb8(read_image(args.image))
         gt = read_image(args.gt_labels).data[0, :, :, 0]
         params = {} if args.sam_thresholds else suggested_params(name)
+        if args.fast:
+            params = {**params, "fast": True}
         result = {
             "model": name,
             "generator_params": params or "SAM defaults",
             **evaluate_model(
-                model, rgb8, gt, min_area=args.min_area, max_area=args.max_area, **params
+                model,
+                rgb8,
+                gt,
+                min_area=args.min_area,
+                max_area=args.max_area,
+                tiled=args.tiled,
+                tile_size=args.tile_size,
+                halo=args.halo,
+                **params,
             ),
         }
     except SamlibError as exc:

@@ -314,6 +314,64 @@ def test_bundled_model_runs_everything_and_evaluation(bundled):
         assert 0.0 <= res[key] <= 1.0
 
 
+LOOSE = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+
+
+def test_tiled_evaluation_of_an_image_that_fits_one_window_is_the_plain_one(bundled):
+    img, lab = synth_image(7, (256, 256), kind="fluorescence", n_objects=10, radius=(8, 12))
+    plain = evaluate_model(bundled, to_rgb8(img), lab, **LOOSE)
+    tiled = evaluate_model(bundled, to_rgb8(img), lab, tiled=True, tile_size=256, **LOOSE)
+    assert tiled["tiles"] == 1 and tiled["tiled"] and not plain["tiled"]
+    for key in ("point_miou", "box_miou", "ap50", "ap_mean", "n_pred"):
+        assert tiled[key] == pytest.approx(plain[key], abs=1e-6), key
+
+
+def test_tiled_prompt_ious_score_whole_objects_across_tiles(bundled):
+    """The window-frame IoU equals the IoU of the full-image mask, on every tile."""
+    from samlib.benchmark_model import _window_iou
+    from samlib.tiled_prompts import TiledEmbeddings, predict_tiled
+
+    img, lab = synth_image(8, (400, 400), kind="fluorescence", n_objects=30, radius=(6, 10))
+    rgb8 = to_rgb8(img)
+    res = evaluate_model(bundled, rgb8, lab, tiled=True, **LOOSE)
+    assert res["tiles"] > 1 and res["n_gt"] == lab.max()
+    assert res["point_miou"] > 0.5 and res["box_miou"] > 0.5  # trained weights follow prompts
+    tiled = TiledEmbeddings.build(bundled, rgb8)
+    ids, points, _ = object_prompts(lab)
+    used = set()
+    for i, point in zip(ids, points, strict=True):
+        out = predict_tiled(bundled, tiled, points=point[None], labels=[1])
+        used.add(out.tile.window)
+        full = out.mask(0)
+        gt = lab == i
+        expect = (full & gt).sum() / (full | gt).sum()
+        assert _window_iou(out, 0, lab, i, gt.sum()) == pytest.approx(expect)
+    assert len(used) > 1
+    # An object wider than any window: the part outside the window counts as missed.
+    big = np.zeros((400, 400), np.int32)
+    big[120:280, 40:360] = 1
+    tiled = TiledEmbeddings.build(bundled, to_rgb8((big * 30000).astype(np.uint16)))
+    out = predict_tiled(bundled, tiled, points=[[200, 200]], labels=[1])
+    k = int(np.argmax([out.mask(j).sum() for j in range(3)]))
+    full, gt = out.mask(k), big == 1
+    x0, y0, x1, y1 = out.tile.window
+    assert gt[y0:y1, x0:x1].sum() < gt.sum()  # the window does not hold it all
+    expect = (full & gt).sum() / (full | gt).sum()
+    assert expect > 0 and _window_iou(out, k, big, 1, gt.sum()) == pytest.approx(expect)
+
+
+def test_evaluate_model_command_line_checks_tiling_options(tmp_path, capsys):
+    import tifffile
+
+    from samlib.benchmark_model import main
+
+    img, lab = synth_image(9, (64, 64), kind="fluorescence", n_objects=3, radius=(6, 8))
+    tifffile.imwrite(tmp_path / "im.tif", img)
+    tifffile.imwrite(tmp_path / "lab.tif", lab.astype(np.uint16))
+    assert main([str(tmp_path / "im.tif"), str(tmp_path / "lab.tif"), "--halo", "8"]) == 2
+    assert "--tiled" in capsys.readouterr().err
+
+
 def test_train_command_line_fine_tunes_a_checkpoint(tiny_cnn, tmp_path, capsys):
     import tifffile
 
