@@ -239,7 +239,12 @@ def synth_image(
 
 
 def nuclei_image(
-    seed: int, frame: int = 256, *, min_axis_ratio: float = 0.45, glow: bool = False
+    seed: int,
+    frame: int = 256,
+    *,
+    min_axis_ratio: float = 0.45,
+    glow: bool = False,
+    defocus: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A fluorescence nuclei image of random size, scale and crowding, from a seed.
 
@@ -248,9 +253,12 @@ def nuclei_image(
     model does, nuclei have radii from 3-7.5 px up to 1.25-2 times that, and cover 5-50 %
     of the image: sparse fields to crowded, touching colonies. ``min_axis_ratio`` as in
     :func:`synth_image`; ``glow`` adds, in two images of three, out-of-focus light (the
-    image blurred wide) around the nuclei, as widefield microscopes show. The labels keep
-    the nuclei's own outlines, so a bright nucleus's halo is background. The defaults give
-    the images the demo model's first training stage used (unchanged by the options).
+    image blurred wide) around the nuclei, as widefield microscopes show. ``defocus``
+    softens, in two images of three, the nuclei's edges by a blur of 0.15-0.45 of their
+    smallest radius while keeping the pixel noise (out-of-focus nuclei are soft, not
+    noise-free). The labels keep the nuclei's own outlines, so a bright nucleus's halo is
+    background. The defaults give the images the demo model's first training stage used
+    (unchanged by the options).
 
     Returns
     -------
@@ -274,12 +282,25 @@ def nuclei_image(
         radius=(lo, hi),
         min_axis_ratio=min_axis_ratio,
     )
+    if defocus:
+        img = add_defocus(np.random.default_rng([seed, 3]), img, lo)
     if glow:
-        img = _add_glow(np.random.default_rng([seed, 2]), img, lo)
+        img = add_glow(np.random.default_rng([seed, 2]), img, lo)
     return img, labels
 
 
-def _add_glow(rng: np.random.Generator, img: np.ndarray, radius: float) -> np.ndarray:
+def add_defocus(rng: np.random.Generator, img: np.ndarray, radius: float) -> np.ndarray:
+    """Soft edges: the image blurred over 0.15-0.45 radii, plus its own pixel-scale noise."""
+    if rng.random() < 1 / 3:
+        return img
+    top = float(np.iinfo(img.dtype).max)
+    sharp = img.astype(np.float32)
+    noise = sharp - ndi.gaussian_filter(sharp, 1.0)
+    out = ndi.gaussian_filter(sharp, rng.uniform(0.15, 0.45) * radius) + noise
+    return np.clip(out, 0, top).astype(img.dtype)
+
+
+def add_glow(rng: np.random.Generator, img: np.ndarray, radius: float) -> np.ndarray:
     """Out-of-focus light: the image plus 10-50 % of itself blurred over 0.5-1.5 radii."""
     if rng.random() < 1 / 3:
         return img
@@ -338,7 +359,7 @@ class NucleiDataset(SynthDataset):
     """A lazy sequence of :func:`nuclei_image` pairs: item ``i`` uses seed ``seed + i``."""
 
     def __init__(self, length: int, seed: int = 0, frame: int = 256, **kwargs) -> None:
-        super().__init__(length, seed, **kwargs)  # kwargs: nuclei_image's min_axis_ratio, glow
+        super().__init__(length, seed, **kwargs)  # kwargs: nuclei_image's options
         self.frame = int(frame)
 
     def _draw(self, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -13,8 +13,8 @@ decay; validation IoU (most interior point, tight box) on synthetic images of ot
 after every epoch; the best epoch is written, with its sidecar JSON.
 
 ``--init CHECKPOINT`` starts from trained weights instead (a further stage), and
-``--glow`` / ``--min-axis-ratio`` widen the images (see ``nuclei_image``). The bundled
-model is trained in two stages (two CPU threads); see ``samlib/weights/README.md``.
+``--glow`` / ``--defocus`` / ``--min-axis-ratio`` widen the images (see ``nuclei_image``). The
+bundled model is trained in two stages (two CPU threads); see ``samlib/weights/README.md``.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--init", default=None, help="start from this checkpoint, not from scratch")
     ap.add_argument("--glow", action="store_true", help="out-of-focus glow in the images")
+    ap.add_argument("--defocus", action="store_true", help="soft, out-of-focus nuclei edges")
     ap.add_argument("--min-axis-ratio", type=float, default=0.45)
     ap.add_argument("--out", default="samlib/weights/small_cnn.pt")
     args = ap.parse_args(argv)
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         sharpen_prompt_positions(model, seed=args.seed)
         base_model = "scratch (samlib.small_encoder.SMALL_CNN)"
     base = args.seed * 10_000_000
-    options = {"min_axis_ratio": args.min_axis_ratio, "glow": args.glow}
+    options = {"min_axis_ratio": args.min_axis_ratio, "glow": args.glow, "defocus": args.defocus}
     train_set = NucleiDataset(VAL_OFFSET, seed=base, **options)
     val_set = NucleiDataset(args.val_images, seed=base + VAL_OFFSET, **options)
     params = TrainParams(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
+from skimage.segmentation import find_boundaries
 
 from samlib.errors import ParameterError
 from samlib.synth import (
@@ -188,12 +189,13 @@ def test_nuclei_dataset_items_follow_seeds():
 
 
 def test_nuclei_dataset_passes_its_options_and_records_them():
-    ds = NucleiDataset(2, seed=60, glow=True, min_axis_ratio=0.3)
+    ds = NucleiDataset(2, seed=60, glow=True, defocus=True, min_axis_ratio=0.3)
     img, lab = ds[0]
-    ref_img, ref_lab = nuclei_image(60, glow=True, min_axis_ratio=0.3)
+    ref_img, ref_lab = nuclei_image(60, glow=True, defocus=True, min_axis_ratio=0.3)
     np.testing.assert_array_equal(img, ref_img)
     np.testing.assert_array_equal(lab, ref_lab)
-    assert ds.describe()["glow"] is True and ds.describe()["min_axis_ratio"] == 0.3
+    assert ds.describe()["glow"] is True and ds.describe()["defocus"] is True
+    assert ds.describe()["min_axis_ratio"] == 0.3
 
 
 def _ring_over_far(img: np.ndarray, lab: np.ndarray) -> float:
@@ -214,6 +216,31 @@ def test_glow_lights_the_background_near_nuclei_and_keeps_the_labels():
         changed += 1
         assert _ring_over_far(lit, lab) > _ring_over_far(plain, lab)
     assert 3 <= changed < 9  # two images in three, by the seed
+
+
+def _edge_and_noise(img: np.ndarray, lab: np.ndarray) -> tuple[float, float]:
+    """Mean gradient on the nuclei's outlines, and pixel-scale noise in the background."""
+    x = img.astype(np.float64)
+    grad = np.hypot(*np.gradient(ndi.gaussian_filter(x, 1.0)))
+    noise = x - ndi.gaussian_filter(x, 1.0)
+    far = ndi.distance_transform_edt(lab == 0) > 8
+    return grad[find_boundaries(lab)].mean(), noise[far].std()
+
+
+def test_defocus_softens_the_edges_keeps_the_noise_and_the_labels():
+    edge_ratios = []
+    for seed in range(9):
+        plain, lab = nuclei_image(seed)
+        soft, soft_lab = nuclei_image(seed, defocus=True)
+        np.testing.assert_array_equal(lab, soft_lab)
+        if np.array_equal(plain, soft):
+            continue
+        (edge0, noise0), (edge1, noise1) = _edge_and_noise(plain, lab), _edge_and_noise(soft, lab)
+        edge_ratios.append(edge1 / edge0)
+        assert noise1 > 0.5 * noise0  # blurring alone would wipe out the pixel noise
+    assert 3 <= len(edge_ratios) < 9  # two images in three, by the seed
+    # The blur scales with the nuclei: barely visible on 3-px nuclei, strong on large ones.
+    assert np.mean(edge_ratios) < 0.85 and max(edge_ratios) < 1.05
 
 
 def test_min_axis_ratio_draws_more_elongated_nuclei():
