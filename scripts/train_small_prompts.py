@@ -14,7 +14,7 @@ after every epoch; the best epoch is written, with its sidecar JSON.
 
 ``--init CHECKPOINT`` starts from trained weights instead (a further stage), and
 ``--glow`` / ``--defocus`` / ``--min-axis-ratio`` widen the images (see ``nuclei_image``). The
-bundled model is trained in two stages (two CPU threads); see ``samlib/weights/README.md``.
+bundled model is trained in three stages (two CPU threads); see ``samlib/weights/README.md``.
 """
 
 from __future__ import annotations
