@@ -25,7 +25,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from segment_anything.modeling import Sam
 
 from samlib.errors import ParameterError, SamlibError
 from samlib.evaluate import evaluate
+
+if TYPE_CHECKING:
+    from samlib.tiled_prompts import TiledPromptResult
 
 
 def object_prompts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -125,7 +128,7 @@ def tiled_prompt_ious(
     }
 
 
-def _window_iou(res: Any, k: int, labels: np.ndarray, i: int, gt_area: int) -> float:
+def _window_iou(res: TiledPromptResult, k: int, labels: np.ndarray, i: int, gt_area: int) -> float:
     """IoU of mask ``k`` of a tiled result (window frame) with object ``i`` of ``labels``."""
     x0, y0, x1, y1 = res.tile.window
     mask = res.result.masks[0, k]

@@ -397,9 +397,8 @@ def load_model(
 # -- the bundled small demo model --------------------------------------------------------
 # Trained from scratch, in three stages, on synthetic images by
 # scripts/train_small_prompts.py (see samlib/weights/small_cnn.json for data, parameters
-# and metrics). Registered here so that
-# something runs offline; default_model_name() picks it only when no official checkpoint
-# is cached.
+# and metrics). Registered here so that something runs offline; default_model_name()
+# picks it only when no official checkpoint is cached.
 def _register_bundled() -> None:
     from samlib.small_encoder import SMALL_CNN
 
