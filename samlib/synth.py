@@ -37,6 +37,12 @@ def _background(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return 1.0 + tilt + blob
 
 
+# How far apart a new object's centre must be from each placed one, in summed radii: 0.5
+# and 0.85 let the two overlap (the later hides part of the earlier), 1.0 at most touches.
+_APART_P = [0.15, 0.35, 0.5]
+_TOUCHING_P = [0.3, 0.55, 0.15]
+
+
 def _draw_objects(
     rng: np.random.Generator,
     shape: tuple[int, int],
@@ -44,8 +50,13 @@ def _draw_objects(
     r_lo: float,
     r_hi: float,
     min_axis_ratio: float = 0.45,
+    touching: bool = False,
 ) -> np.ndarray:
-    """Star-convex blobs with random centres, later ones hiding earlier ones (int32 labels)."""
+    """Star-convex blobs with random centres, later ones hiding earlier ones (int32 labels).
+
+    ``touching`` grows clumps: eight new objects in ten are placed against a placed one, and
+    the spacing rule lets more of them overlap.
+    """
     h, w = shape
     labels = np.zeros(shape, dtype=np.int32)
     if rng.random() < 0.4:  # clustered colonies rather than a uniform scatter
@@ -59,8 +70,12 @@ def _draw_objects(
     next_label = 1
     for cy, cx in centres:
         r = float(np.exp(rng.uniform(np.log(r_lo), np.log(r_hi))))
+        if touching and placed and rng.random() < 0.8:  # grow a clump: next to a placed one
+            y, x, q = placed[int(rng.integers(len(placed)))]
+            ang, d = rng.uniform(0, 2 * np.pi), rng.uniform(0.7, 0.95) * (r + q)
+            cy, cx = y + d * np.sin(ang), x + d * np.cos(ang)
         # Keep most pairs apart; a few may overlap strongly (touching, clumped nuclei).
-        min_sep = rng.choice([0.5, 0.85, 1.0], p=[0.15, 0.35, 0.5])
+        min_sep = rng.choice([0.5, 0.85, 1.0], p=_TOUCHING_P if touching else _APART_P)
         if any(np.hypot(cy - y, cx - x) < min_sep * (r + q) for y, x, q in placed):
             continue
         placed.append((cy, cx, r))
@@ -151,6 +166,7 @@ def synth_image(
     n_objects: int | None = None,
     radius: tuple[float, float] | None = None,
     min_axis_ratio: float = 0.45,
+    touching: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one synthetic microscopy image and its instance labels from a seed.
 
@@ -170,6 +186,8 @@ def synth_image(
     min_axis_ratio : float
         Lowest minor/major axis ratio of an object (uniform up to 1): lower draws more
         elongated objects.
+    touching : bool
+        Pack neighbours closer: most objects touch or partly overlap another (clumps).
 
     Returns
     -------
@@ -199,7 +217,7 @@ def synth_image(
         n_objects = int(density * shape[0] * shape[1] / (np.pi * (r_lo * r_hi)))
     n_objects = max(1, int(n_objects))
     grow = kind == "multichannel"
-    labels = _draw_objects(rng, shape, n_objects, r_lo, r_hi, min_axis_ratio)
+    labels = _draw_objects(rng, shape, n_objects, r_lo, r_hi, min_axis_ratio, touching)
     labels = _clean(labels, min_area=max(4, int(0.3 * np.pi * r_lo**2)))
     bg = _background(rng, shape)
     blur = rng.uniform(0.0, 1.6)
@@ -245,6 +263,7 @@ def nuclei_image(
     min_axis_ratio: float = 0.45,
     glow: bool = False,
     defocus: bool = False,
+    touching: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A fluorescence nuclei image of random size, scale and crowding, from a seed.
 
@@ -256,9 +275,10 @@ def nuclei_image(
     image blurred wide) around the nuclei, as widefield microscopes show. ``defocus``
     softens, in two images of three, the nuclei's edges by a blur of 0.15-0.45 of their
     smallest radius while keeping the pixel noise (out-of-focus nuclei are soft, not
-    noise-free). The labels keep the nuclei's own outlines, so a bright nucleus's halo is
-    background. The defaults give the images the demo model's first training stage used
-    (unchanged by the options).
+    noise-free). ``touching``, in two images of three, packs the nuclei into clumps where
+    most touch or overlap a neighbour (see :func:`synth_image`). The labels keep the
+    nuclei's own outlines, so a bright nucleus's halo is background. The defaults give the
+    images the demo model's first training stage used (unchanged by the options).
 
     Returns
     -------
@@ -281,6 +301,7 @@ def nuclei_image(
         n_objects=n,
         radius=(lo, hi),
         min_axis_ratio=min_axis_ratio,
+        touching=touching and np.random.default_rng([seed, 4]).random() >= 1 / 3,
     )
     if defocus:
         img = add_defocus(np.random.default_rng([seed, 3]), img, lo)

@@ -16,8 +16,8 @@ chosen values go into the model's registry entry (``mask_threshold`` and
 
     .venv/bin/python scripts/calibrate_thresholds.py --model small_cnn
 
-``--glow`` / ``--defocus`` / ``--min-axis-ratio`` draw the images as a training stage with those
-options did.
+``--glow`` / ``--defocus`` / ``--touching`` / ``--min-axis-ratio`` draw the images as a training
+stage with those options did.
 """
 
 from __future__ import annotations
@@ -61,12 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--glow", action="store_true", help="nuclei_image's out-of-focus glow")
     ap.add_argument("--defocus", action="store_true", help="soft, out-of-focus nuclei edges")
+    ap.add_argument("--touching", action="store_true", help="clumps of touching nuclei")
     ap.add_argument("--min-axis-ratio", type=float, default=0.45)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     floor = dict(iou_floor=float(IOU_GRID[0]), stability_floor=float(STABILITY_GRID[0]))
-    options = {"min_axis_ratio": args.min_axis_ratio, "glow": args.glow, "defocus": args.defocus}
+    options = {
+        "min_axis_ratio": args.min_axis_ratio,
+        "glow": args.glow,
+        "defocus": args.defocus,
+        "touching": args.touching,
+    }
     images = [nuclei_image(args.seed + i, **options) for i in range(args.images)]
     prompt_table = {}
     for t in MASK_GRID:

@@ -12,9 +12,9 @@ outputs for a point), plus the IoU head's squared error. AdamW, linear warm-up, 
 decay; validation IoU (most interior point, tight box) on synthetic images of other seeds
 after every epoch; the best epoch is written, with its sidecar JSON.
 
-``--init CHECKPOINT`` starts from trained weights instead (a further stage), and
-``--glow`` / ``--defocus`` / ``--min-axis-ratio`` widen the images (see ``nuclei_image``). The
-bundled model is trained in three stages (two CPU threads); see ``samlib/weights/README.md``.
+``--init CHECKPOINT`` starts from trained weights instead (a further stage), and ``--glow`` /
+``--defocus`` / ``--touching`` / ``--min-axis-ratio`` widen the images (see ``nuclei_image``).
+The bundled model is trained in stages (two CPU threads); see ``samlib/weights/README.md``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init", default=None, help="start from this checkpoint, not from scratch")
     ap.add_argument("--glow", action="store_true", help="out-of-focus glow in the images")
     ap.add_argument("--defocus", action="store_true", help="soft, out-of-focus nuclei edges")
+    ap.add_argument("--touching", action="store_true", help="clumps of touching nuclei")
     ap.add_argument("--min-axis-ratio", type=float, default=0.45)
     ap.add_argument("--out", default="samlib/weights/small_cnn.pt")
     args = ap.parse_args(argv)
@@ -66,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         sharpen_prompt_positions(model, seed=args.seed)
         base_model = "scratch (samlib.small_encoder.SMALL_CNN)"
     base = args.seed * 10_000_000
-    options = {"min_axis_ratio": args.min_axis_ratio, "glow": args.glow, "defocus": args.defocus}
+    options = {
+        "min_axis_ratio": args.min_axis_ratio,
+        "glow": args.glow,
+        "defocus": args.defocus,
+        "touching": args.touching,
+    }
     train_set = NucleiDataset(VAL_OFFSET, seed=base, **options)
     val_set = NucleiDataset(args.val_images, seed=base + VAL_OFFSET, **options)
     params = TrainParams(

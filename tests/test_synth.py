@@ -189,12 +189,14 @@ def test_nuclei_dataset_items_follow_seeds():
 
 
 def test_nuclei_dataset_passes_its_options_and_records_them():
-    ds = NucleiDataset(2, seed=60, glow=True, defocus=True, min_axis_ratio=0.3)
+    options = dict(glow=True, defocus=True, touching=True, min_axis_ratio=0.3)
+    ds = NucleiDataset(2, seed=60, **options)
     img, lab = ds[0]
-    ref_img, ref_lab = nuclei_image(60, glow=True, defocus=True, min_axis_ratio=0.3)
+    ref_img, ref_lab = nuclei_image(60, **options)
     np.testing.assert_array_equal(img, ref_img)
     np.testing.assert_array_equal(lab, ref_lab)
     assert ds.describe()["glow"] is True and ds.describe()["defocus"] is True
+    assert ds.describe()["touching"] is True
     assert ds.describe()["min_axis_ratio"] == 0.3
 
 
@@ -243,6 +245,35 @@ def test_defocus_softens_the_edges_keeps_the_noise_and_the_labels():
         assert noise1 > 0.5 * noise0  # blurring alone would wipe out the pixel noise
     # The blur scales with the nuclei: barely visible on 3-px nuclei, strong on large ones.
     assert np.mean(edge_ratios) < 0.85 and max(edge_ratios) < 1.05
+
+
+def _touching_share(lab: np.ndarray) -> float:
+    """Share of the labelled objects that touch another one (8-connected)."""
+    touching = 0
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
+        crop = lab[grown]
+        ring = ndi.binary_dilation(crop == i, structure=np.ones((3, 3))) & (crop != i)
+        touching += bool((crop[ring] > 0).any())
+    return touching / max(int(lab.max()), 1)
+
+
+def test_touching_packs_nuclei_into_clumps_in_two_images_of_three():
+    changed, plain_share, packed_share = 0, [], []
+    for seed in range(9):
+        plain_img, plain = nuclei_image(seed)
+        packed_img, packed = nuclei_image(seed, touching=True)
+        assert packed_img.shape == plain_img.shape  # the layout's size and scale stay
+        if np.array_equal(plain, packed):
+            continue
+        changed += 1
+        plain_share.append(_touching_share(plain))
+        packed_share.append(_touching_share(packed))
+    assert 3 <= changed < 9  # two images in three, by the seed
+    assert np.mean(packed_share) > 1.5 * np.mean(plain_share)
+    assert np.mean(packed_share) > 0.3
 
 
 def test_min_axis_ratio_draws_more_elongated_nuclei():
