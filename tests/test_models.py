@@ -351,6 +351,7 @@ def test_registry_mask_threshold_reaches_the_loaded_model(tiny_checkpoint, monke
     import dataclasses
 
     import numpy as np
+    from scipy import ndimage as ndi
 
     from samlib.embeddings import compute_embedding
     from samlib.models import REGISTRY, load_model
@@ -369,7 +370,10 @@ def test_registry_mask_threshold_reaches_the_loaded_model(tiny_checkpoint, monke
     )
     assert load_model(str(saved)).mask_threshold == small.mask_threshold
     # the prompt path cuts the logits at the model's threshold
-    rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    # a soft-edged bright disk: a nucleus whose outline logits cross both cuts
+    yy, xx = np.mgrid[:128, :128]
+    disk = ndi.gaussian_filter(((yy - 30) ** 2 + (xx - 30) ** 2 <= 100).astype(float), 3.0)
+    rgb = np.repeat((disk * 200 + 20).astype(np.uint8)[..., None], 3, axis=2)
     emb = compute_embedding(small, rgb)
     res = predict(small, emb, points=[[30.0, 30.0]], labels=[1], exact=True, multimask=False)
     small.mask_threshold = 0.0
