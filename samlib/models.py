@@ -395,7 +395,7 @@ def load_model(
 
 
 # -- the bundled small demo model --------------------------------------------------------
-# Trained from scratch, in three stages, on synthetic images by
+# Trained from scratch, in four stages, on synthetic images by
 # scripts/train_small_prompts.py (see samlib/weights/small_cnn.json for data, parameters
 # and metrics). Registered here so that something runs offline; default_model_name()
 # picks it only when no official checkpoint is cached.
@@ -427,11 +427,11 @@ def _register_bundled() -> None:
 # threshold by point and box prompts, then the segment-everything thresholds with it.
 _SMALL_CNN_MASK_THRESHOLD = -2.0
 _SMALL_CNN_PARAMS: dict[str, float] | None = {
-    "pred_iou_thresh": 0.7,
+    "pred_iou_thresh": 0.6,
     "stability_score_thresh": 0.9,
     "box_nms_thresh": 0.5,
     "min_mask_region_area": 256,
 }
-_SMALL_CNN_SIZE: int | None = 4955723
-_SMALL_CNN_SHA256: str | None = "8e0affd55978a594c4e218f1d65f6f250f2c5d626f131de66ab5baacd2c4a5a8"
+_SMALL_CNN_SIZE: int | None = 4955851
+_SMALL_CNN_SHA256: str | None = "ea8f2d6063f64e88bc46190e1be40aadda8d9261af4606eda0632166d613e82a"
 _register_bundled()
