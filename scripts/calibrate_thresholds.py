@@ -39,6 +39,7 @@ from samlib.evaluate import evaluate  # noqa: E402
 from samlib.everything import GeneratorParams, generate_candidates, refilter  # noqa: E402
 from samlib.models import load_model  # noqa: E402
 from samlib.synth import nuclei_image  # noqa: E402
+from scripts.nuclei_options import add_nuclei_options, nuclei_options  # noqa: E402
 
 MASK_GRID = (-4.0, -3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
 IOU_GRID = np.round(np.arange(0.30, 0.91, 0.05), 2)
@@ -59,20 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=6)
     ap.add_argument("--seed", type=int, default=7_000_000)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--glow", action="store_true", help="nuclei_image's out-of-focus glow")
-    ap.add_argument("--defocus", action="store_true", help="soft, out-of-focus nuclei edges")
-    ap.add_argument("--touching", action="store_true", help="clumps of touching nuclei")
-    ap.add_argument("--min-axis-ratio", type=float, default=0.45)
+    add_nuclei_options(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     floor = dict(iou_floor=float(IOU_GRID[0]), stability_floor=float(STABILITY_GRID[0]))
-    options = {
-        "min_axis_ratio": args.min_axis_ratio,
-        "glow": args.glow,
-        "defocus": args.defocus,
-        "touching": args.touching,
-    }
+    options = nuclei_options(args)
     images = [nuclei_image(args.seed + i, **options) for i in range(args.images)]
     prompt_table = {}
     for t in MASK_GRID:

@@ -32,6 +32,7 @@ from samlib.models import load_model  # noqa: E402
 from samlib.small_encoder import SMALL_CNN, sharpen_prompt_positions  # noqa: E402
 from samlib.synth import NucleiDataset  # noqa: E402
 from samlib.train import TrainParams, train  # noqa: E402
+from scripts.nuclei_options import add_nuclei_options, nuclei_options  # noqa: E402
 
 VAL_OFFSET = 5_000_000  # validation seeds start here, far from any training seed
 
@@ -51,10 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--init", default=None, help="start from this checkpoint, not from scratch")
-    ap.add_argument("--glow", action="store_true", help="out-of-focus glow in the images")
-    ap.add_argument("--defocus", action="store_true", help="soft, out-of-focus nuclei edges")
-    ap.add_argument("--touching", action="store_true", help="clumps of touching nuclei")
-    ap.add_argument("--min-axis-ratio", type=float, default=0.45)
+    add_nuclei_options(ap)
     ap.add_argument("--out", default="samlib/weights/small_cnn.pt")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -67,12 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         sharpen_prompt_positions(model, seed=args.seed)
         base_model = "scratch (samlib.small_encoder.SMALL_CNN)"
     base = args.seed * 10_000_000
-    options = {
-        "min_axis_ratio": args.min_axis_ratio,
-        "glow": args.glow,
-        "defocus": args.defocus,
-        "touching": args.touching,
-    }
+    options = nuclei_options(args)
     train_set = NucleiDataset(VAL_OFFSET, seed=base, **options)
     val_set = NucleiDataset(args.val_images, seed=base + VAL_OFFSET, **options)
     params = TrainParams(
