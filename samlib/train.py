@@ -54,6 +54,7 @@ class TrainParams:
     n_prompts: int = 8
     n_corrections: int = 1
     n_background: int = 2
+    touching_weight: float = 1.0
     focal_weight: float = 20.0
     bce_weight: float = 0.0
     focal_ramp_steps: int = 0
@@ -73,6 +74,8 @@ class TrainParams:
             raise ParameterError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch!r}")
         if not self.lr > 0:
             raise ParameterError(f"lr must be > 0, got {self.lr!r}")
+        if not self.touching_weight > 0:
+            raise ParameterError(f"touching_weight must be > 0, got {self.touching_weight!r}")
 
 
 @dataclass
@@ -215,6 +218,7 @@ def train(
                     n_prompts=params.n_prompts,
                     n_corrections=params.n_corrections,
                     n_background=params.n_background,
+                    touching_weight=params.touching_weight,
                     focal_weight=params.focal_weight
                     * _ramp(step - params.focal_delay_steps, params.focal_ramp_steps),
                     bce_weight=params.bce_weight,
@@ -325,6 +329,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--prompts", type=int, default=8, help="objects prompted per image and step")
     ap.add_argument("--patience", type=int, default=4)
+    ap.add_argument(
+        "--touching-weight",
+        type=float,
+        default=1.0,
+        help="prompt objects that touch another this many times as often (crowded images)",
+    )
     ap.add_argument("--focal-weight", type=float, default=20.0, help="SAM: 20; 0 = dice only")
     ap.add_argument("--unfreeze-encoder", action="store_true", help="train the encoder too")
     ap.add_argument("--max-minutes", type=float, default=None)
@@ -355,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lr=args.lr,
             n_prompts=args.prompts,
             patience=args.patience,
+            touching_weight=args.touching_weight,
             focal_weight=args.focal_weight,
             freeze_encoder=not args.unfreeze_encoder,
             seed=args.seed,

@@ -43,6 +43,8 @@ class Sample:
         Label value of each kept instance.
     interior : ndarray, shape (N, 2), float32
         Most interior pixel of each instance (distance-transform maximum), XY.
+    touching : ndarray, shape (N,), bool
+        Whether the instance touches another one (8-connected neighbours in ``labels``).
     """
 
     x: torch.Tensor
@@ -51,6 +53,7 @@ class Sample:
     boxes: np.ndarray
     ids: np.ndarray
     interior: np.ndarray
+    touching: np.ndarray
 
 
 def to_model_rgb8(image: np.ndarray) -> np.ndarray:
@@ -85,8 +88,9 @@ def prepare_sample(model: Sam, image: np.ndarray, labels: np.ndarray) -> Sample:
     low_size = 4 * model.prompt_encoder.image_embedding_size[0]
     f = size // low_size
     low = torch.as_tensor(padded[f // 2 :: f, f // 2 :: f].astype(np.int64))
-    boxes, ids, interior = [], [], []
+    boxes, ids, interior, touching = [], [], [], []
     dist = ndi.distance_transform_edt(padded > 0)
+    near = _touching_labels(padded)
     for i, sl in enumerate(ndi.find_objects(padded), start=1):
         if sl is None or (low == i).sum() < 3:
             continue  # too small to learn from at the decoder's resolution
@@ -96,6 +100,7 @@ def prepare_sample(model: Sam, image: np.ndarray, labels: np.ndarray) -> Sample:
         ids.append(i)
         boxes.append([sl[1].start, sl[0].start, sl[1].stop - 1, sl[0].stop - 1])
         interior.append([c + sl[1].start, r + sl[0].start])
+        touching.append(i in near)
     return Sample(
         x=x,
         labels=padded,
@@ -103,7 +108,17 @@ def prepare_sample(model: Sam, image: np.ndarray, labels: np.ndarray) -> Sample:
         boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
         ids=np.asarray(ids, dtype=np.int64),
         interior=np.asarray(interior, dtype=np.float32).reshape(-1, 2),
+        touching=np.asarray(touching, dtype=bool),
     )
+
+
+def _touching_labels(labels: np.ndarray) -> set[int]:
+    """Label values that have a pixel of another label among their 8 neighbours."""
+    grown_max = ndi.maximum_filter(labels, size=3)
+    grown_min = ndi.minimum_filter(np.where(labels > 0, labels, labels.max() + 1), size=3)
+    fg = labels > 0
+    edge = fg & ((grown_max != labels) | (grown_min != labels))
+    return {int(v) for v in np.unique(labels[edge])}
 
 
 def _random_points(mask_pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:

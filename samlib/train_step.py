@@ -54,6 +54,17 @@ def _best_iou_any(pred: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def choose_instances(
+    sample: Sample, k: int, touching_weight: float, rng: np.random.Generator
+) -> np.ndarray:
+    """``k`` distinct instance indices; instances that touch another weigh ``touching_weight``."""
+    n = len(sample.ids)
+    if touching_weight == 1.0:
+        return rng.choice(n, size=k, replace=False)  # the uniform draw of earlier stages
+    p = np.where(sample.touching, touching_weight, 1.0)
+    return rng.choice(n, size=k, replace=False, p=p / p.sum())
+
+
 def train_step(
     model: Sam,
     emb: torch.Tensor,
@@ -65,10 +76,12 @@ def train_step(
     n_background: int = 2,
     focal_weight: float = 20.0,
     bce_weight: float = 0.0,
+    touching_weight: float = 1.0,
 ) -> torch.Tensor:
     """SAM's loss on one image: prompts for ``n_prompts`` random instances (scalar tensor).
 
     ``focal_weight`` and ``bce_weight`` weigh the mask loss terms (see ``sam_loss``).
+    Instances that touch another are drawn ``touching_weight`` times as often as the rest.
     """
     dev = emb.device
     size = model.image_encoder.img_size
@@ -77,7 +90,7 @@ def train_step(
     n = len(sample.ids)
     total = torch.zeros((), device=dev)
     if n:
-        chosen = rng.choice(n, size=min(n_prompts, n), replace=False)
+        chosen = choose_instances(sample, min(n_prompts, n), touching_weight, rng)
         split = (len(chosen) + 1) // 2
         for group, use_box in ((chosen[:split], False), (chosen[split:], True)):
             if len(group) == 0:

@@ -48,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=8, help="objects prompted per image")
     ap.add_argument("--corrections", type=int, default=1)
     ap.add_argument("--background", type=int, default=3)
+    ap.add_argument(
+        "--touching-weight",
+        type=float,
+        default=1.0,
+        help="draw objects that touch another this many times as often",
+    )
     ap.add_argument("--val-images", type=int, default=8)
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--threads", type=int, default=2)
@@ -77,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         n_prompts=args.prompts,
         n_corrections=args.corrections,
         n_background=args.background,
+        touching_weight=args.touching_weight,
         focal_weight=0.0,
         bce_weight=1.0,
         freeze_encoder=False,

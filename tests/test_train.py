@@ -27,6 +27,7 @@ from samlib.train_prompts import (
     sam_loss,
     sample_points,
 )
+from samlib.train_step import choose_instances
 from tests.conftest import make_disks
 
 # A CNN-encoder SAM small enough to train for a few steps in a second or two.
@@ -111,6 +112,30 @@ def test_prepare_sample_refuses_mismatched_labels(tiny_cnn):
         prepare_sample(tiny_cnn, img, lab[:, :10])
     with pytest.raises(ParameterError, match="integer"):
         prepare_sample(tiny_cnn, img, lab.astype(float))
+
+
+def test_prepare_sample_marks_instances_that_touch_another(tiny_cnn):
+    # Disks 1 and 2 overlap (centres 14 px apart, radii 8); disk 3 stands alone.
+    img, lab = make_disks(shape=(64, 64), disks=((15, 15, 8), (15, 29, 8), (45, 45, 6)))
+    s = prepare_sample(tiny_cnn, img, lab)
+    np.testing.assert_array_equal(s.ids, [1, 2, 3])
+    np.testing.assert_array_equal(s.touching, [True, True, False])
+
+
+def test_touching_weight_draws_touching_instances_more_often(tiny_cnn):
+    disks = ((10, 10, 5), (10, 19, 5), (40, 10, 5), (40, 30, 5), (40, 50, 5), (55, 55, 5))
+    s = prepare_sample(tiny_cnn, *make_disks(shape=(64, 64), disks=disks))
+    assert s.touching.sum() == 2
+
+    def touching_share(weight):
+        rng = np.random.default_rng(0)
+        chosen = [choose_instances(s, 2, weight, rng) for _ in range(400)]
+        assert all(len(set(c)) == 2 for c in chosen)  # distinct instances
+        return s.touching[np.concatenate(chosen)].mean()
+
+    uniform, weighted = touching_share(1.0), touching_share(4.0)
+    assert abs(uniform - 2 / 6) < 0.05
+    assert weighted > uniform + 0.2
 
 
 def test_sampled_points_fall_inside_their_objects(tiny_cnn):
@@ -236,6 +261,8 @@ def test_unfrozen_encoder_learns(tiny_cnn, tmp_path, monkeypatch):
 def test_training_refuses_bad_input(tiny_cnn, tmp_path):
     with pytest.raises(ParameterError, match="validation"):
         train(tiny_cnn, _pairs(1), [], tmp_path / "x.pt", config=TINY_CNN, progress=None)
+    with pytest.raises(ParameterError, match="touching_weight"):
+        TrainParams(touching_weight=0).check()
     with pytest.raises(ParameterError, match="epochs"):
         train(
             tiny_cnn,
