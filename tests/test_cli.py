@@ -16,6 +16,7 @@ import pytest
 import tifffile
 
 from samlib import embeddings, models
+from samlib.arch import VIT_B
 from samlib.cli import main
 from samlib.embeddings import compute_embedding
 from samlib.io import read_image, to_rgb8
@@ -219,7 +220,7 @@ def test_download_shows_progress(scene, capsys, monkeypatch):
     try:
         entry = models.ModelEntry(
             "cli_test",
-            models.VIT_B,
+            VIT_B,
             f"http://127.0.0.1:{server.server_address[1]}/w.pth",
             3000,
             None,

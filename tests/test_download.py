@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from samlib import models
+from samlib.arch import VIT_B
 from samlib.download import download_file
 from samlib.errors import ChecksumError, DownloadError, ModelNotDownloadedError
 
@@ -163,7 +164,7 @@ def registered(server, tmp_path, monkeypatch):
     monkeypatch.setenv("SAMLIB_CACHE_DIR", str(tmp_path / "cache"))
     entry = models.ModelEntry(
         name="test_remote",
-        config=models.VIT_B,
+        config=VIT_B,
         url=server.url,
         size=None,
         sha256=None,

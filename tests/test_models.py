@@ -13,7 +13,7 @@ import torch
 from segment_anything import SamPredictor
 
 from samlib import models
-from samlib.arch import VIT_TINY, build_sam, detect_config
+from samlib.arch import VIT_B, VIT_TINY, build_sam, detect_config
 from samlib.errors import (
     CheckpointError,
     ChecksumError,
@@ -149,7 +149,7 @@ def test_state_dict_formats_detected(tmp_path, tiny8, wrap):
 @pytest.mark.slow
 def test_vit_b_round_trip_through_registry(cache):
     torch.manual_seed(2)
-    model = build_sam(models.VIT_B)
+    model = build_sam(VIT_B)
     path = models.checkpoint_path("vit_b")
     path.parent.mkdir(parents=True)
     torch.save(model.state_dict(), path)
@@ -159,7 +159,7 @@ def test_vit_b_round_trip_through_registry(cache):
         loaded = models.load_model("vit_b", "cpu")
     finally:
         models.REGISTRY["vit_b"] = real
-    assert loaded.samlib_info.config == models.VIT_B
+    assert loaded.samlib_info.config == VIT_B
     assert _same_weights(loaded, model)
 
 
