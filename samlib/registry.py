@@ -142,7 +142,7 @@ def registered(name: str) -> ModelEntry:
 
 
 # -- the bundled small demo model --------------------------------------------------------
-# Trained from scratch, in four stages, on synthetic images by
+# Trained from scratch, in five stages, on synthetic images by
 # scripts/train_small_prompts.py (see samlib/weights/small_cnn.json for data, parameters
 # and metrics). Registered here so that something runs offline; default_model_name()
 # picks it only when no official checkpoint is cached.
@@ -174,11 +174,11 @@ def _register_bundled() -> None:
 # threshold by point and box prompts, then the segment-everything thresholds with it.
 _SMALL_CNN_MASK_THRESHOLD = -2.0
 _SMALL_CNN_PARAMS: dict[str, float] | None = {
-    "pred_iou_thresh": 0.6,
+    "pred_iou_thresh": 0.65,
     "stability_score_thresh": 0.9,
     "box_nms_thresh": 0.5,
     "min_mask_region_area": 256,
 }
-_SMALL_CNN_SIZE: int | None = 4955851
-_SMALL_CNN_SHA256: str | None = "ea8f2d6063f64e88bc46190e1be40aadda8d9261af4606eda0632166d613e82a"
+_SMALL_CNN_SIZE: int | None = 4955915
+_SMALL_CNN_SHA256: str | None = "1c0fbacb673cff94ffd25c9e0768eb5794fe75b01e8f2eab8d6e974de4ca7dca"
 _register_bundled()
