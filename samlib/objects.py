@@ -124,7 +124,9 @@ class PromptCandidates:
         return out
 
 
-def predict_candidates(model, embedding, prompts, *, multimask: bool = True) -> PromptCandidates:
+def predict_candidates(
+    model, embedding, prompts, *, multimask: bool = True, clip_to_box: bool = True
+) -> PromptCandidates:
     """Prompt SAM with points and/or boxes on a precomputed embedding.
 
     Parameters
@@ -136,6 +138,8 @@ def predict_candidates(model, embedding, prompts, *, multimask: bool = True) -> 
         is prompted separately (together with all the points).
     multimask : bool
         Three candidates per prompt (True) or one.
+    clip_to_box : bool
+        Keep each box's masks inside the box (:func:`samlib.prompts.clip_masks_to_box`).
     """
     import torch
     from segment_anything.utils.amg import calculate_stability_score
@@ -150,6 +154,7 @@ def predict_candidates(model, embedding, prompts, *, multimask: bool = True) -> 
         labels=prompts.labels if has_points else None,
         boxes=prompts.boxes if len(prompts.boxes) else None,
         multimask=multimask,
+        clip_to_box=clip_to_box,
     )
     masks = np.asarray(res.masks, dtype=bool)
     scores = np.asarray(res.scores, dtype=float)

@@ -91,6 +91,13 @@ def test_predict_candidates_points_and_several_boxes(tiny_sam):
     boxes = CanvasPrompts(boxes=np.array([[10.0, 10, 60, 50], [70, 30, 120, 90]]))
     res = predict_candidates(tiny_sam, emb, boxes, multimask=True)
     assert res.masks.shape[0] == 2 and res.best_masks().shape == (2, 96, 128)
+    raw = predict_candidates(tiny_sam, emb, boxes, multimask=True, clip_to_box=False)
+    for i, (x0, y0, x1, y1) in enumerate(boxes.boxes.astype(int)):
+        inside = np.zeros((96, 128), bool)
+        inside[y0 : y1 + 1, x0 : x1 + 1] = True
+        assert not (res.masks[i] & ~inside).any()  # the app keeps a box's masks inside it
+        assert np.array_equal(res.masks[i], raw.masks[i] & inside)
+    assert (raw.masks & ~res.masks).any()  # random weights do spill past the boxes
     objs = res.objects()
     assert [o.box for o in objs] == [(10.0, 10.0, 60.0, 50.0), (70.0, 30.0, 120.0, 90.0)]
     picked = res.objects(1)

@@ -13,7 +13,7 @@ from segment_anything import SamPredictor
 from samlib.arch import VIT_TINY, build_sam
 from samlib.embeddings import Embedding, compute_embedding
 from samlib.errors import PromptError
-from samlib.prompts import predict, upscale_logits
+from samlib.prompts import clip_masks_to_box, predict, upscale_logits
 
 H, W = 90, 130
 
@@ -148,6 +148,36 @@ def test_several_boxes_equal_one_at_a_time(scene):
     for i, box in enumerate(boxes):
         masks, scores, _ = _stock(pred, dict(boxes=box, points=[[40.0, 30.0]], labels=[1]), True)
         assert np.array_equal(res.masks[i], masks) and np.array_equal(res.scores[i], scores)
+
+
+def test_clip_masks_to_box_keeps_the_box_ends_included_widened_to_foreground_points():
+    masks = np.ones((2, 20, 30), bool)
+    out = clip_masks_to_box(masks, [2.3, 3.7, 5.2, 8.0])
+    expect = np.zeros((20, 30), bool)
+    expect[3:9, 2:7] = True  # rows 3..8 and columns 2..6: the box rounded outwards
+    assert np.array_equal(out[0], expect) and np.array_equal(out[1], expect)
+    wider = clip_masks_to_box(masks, [2, 3, 5, 8], points=[[12, 1], [25, 18]], labels=[1, 0])
+    expect = np.zeros((20, 30), bool)
+    expect[1:9, 2:13] = True  # the foreground point widens it, the background one does not
+    assert np.array_equal(wider[0], expect)
+    edge = clip_masks_to_box(masks[0], [0, 0, 30, 20])
+    assert edge.all()  # a box up to the image's far edge keeps everything
+
+
+def test_clip_to_box_drops_only_what_spills_outside_the_box(scene):
+    model, emb, _ = scene
+    box = [50.0, 30.0, 70.0, 50.0]
+    raw = predict(model, emb, boxes=box)
+    clipped = predict(model, emb, boxes=box, clip_to_box=True)
+    outside = np.ones((H, W), bool)
+    outside[30:51, 50:71] = False
+    assert (raw.masks[0] & outside).any()  # random weights spill past the box
+    assert not (clipped.masks[0] & outside).any()
+    assert np.array_equal(clipped.masks[0], raw.masks[0] & ~outside)
+    assert np.array_equal(clipped.scores, raw.scores)
+    assert np.array_equal(clipped.low_res_logits, raw.low_res_logits)
+    points = predict(model, emb, clip_to_box=True, **PROMPTS["points"])
+    assert np.array_equal(points.masks, predict(model, emb, **PROMPTS["points"]).masks)
 
 
 def test_all_candidates_and_best(scene):
