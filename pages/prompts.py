@@ -39,7 +39,7 @@ if width <= prompt_ui.SIDE_BY_SIDE_MAX:
 else:
     left, right = st.container(), st.container()
 with left:
-    mode, colour, multimask = prompt_ui.tool_ui()
+    mode, colour, multimask, clip = prompt_ui.tool_ui()
     drawn = prompt_ui.canvas_ui(work, mode, colour, generation, width)
     prompts = merge_prompts(drawn, prompt_ui.typed_prompts_ui(work))
 
@@ -53,7 +53,7 @@ with right:
         )
         result = None
         with state.guard("Prompting SAM"):
-            result = predict_candidates(model, emb, prompts, multimask=multimask)
+            result = predict_candidates(model, emb, prompts, multimask=multimask, clip_to_box=clip)
         if result is not None and len(prompts.boxes) > 1:
             st.image(
                 prompt_ui.objects_view(work, result.best_masks(), prompts),
@@ -82,9 +82,8 @@ if objects:
     st.divider()
     st.subheader("Accepted objects")
     records = records_of(objects)
-    results_ui.results_tabs_ui(
-        work, records, key="prompts", source="prompts", params={"multimask": multimask}
-    )
+    params = {"multimask": multimask, "clip_to_box": clip}
+    results_ui.results_tabs_ui(work, records, key="prompts", source="prompts", params=params)
 else:
     st.caption(
         "Accepted objects appear here as a label image, a measurement table and "

@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--single", action="store_true", help="one mask per prompt instead of the best of three"
     )
+    p.add_argument(
+        "--no-clip-to-box",
+        action="store_true",
+        help="keep mask pixels that lie outside their box (the app, like this command, drops "
+        "them by default)",
+    )
     p.add_argument("--out", required=True, type=Path, help="output folder")
     _model_options(p)
     _image_options(p)

@@ -178,7 +178,13 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     labels = np.array([int(p[2]) for p in args.point]) if args.point else None
     emb = _embedding(args, model, rgb, settings)
     res = predict(
-        model, emb, points=points, labels=labels, boxes=args.box or None, multimask=not args.single
+        model,
+        emb,
+        points=points,
+        labels=labels,
+        boxes=args.box or None,
+        multimask=not args.single,
+        clip_to_box=not args.no_clip_to_box,
     )
     import torch
 
@@ -210,6 +216,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         "points": args.point,
         "boxes": args.box,
         "multimask": not args.single,
+        "clip_to_box": not args.no_clip_to_box,
         "image": settings,
     }
     written = write_exports(

@@ -285,17 +285,33 @@ def test_prompts_point_gives_three_candidates_and_objects_accumulate(app_env):
     assert objects == []
 
 
-def test_prompts_several_boxes_give_one_object_each(app_env):
-    at = seeded(new_app())
-    at.switch_page("pages/prompts.py").run()
+def _spill(obj) -> int:
+    """Mask pixels of an accepted box object that lie outside its box."""
+    x0, y0, x1, y1 = (int(v) for v in obj.box)
+    outside = np.ones(obj.mask.shape, bool)
+    outside[y0 : y1 + 1, x0 : x1 + 1] = False
+    return int((obj.mask & outside).sum())
+
+
+def _add_boxes(at: AppTest) -> None:
     for box in ("10, 10, 60, 50", "70, 30, 120, 90"):
         at.text_input(key="w_typed_box").set_value(box)
         at.button(key="typed_add_box").click().run()
         no_errors(at)
     at.button(key="add_objects").click().run()
     no_errors(at)
+
+
+def test_prompts_several_boxes_give_one_object_each(app_env):
+    at = seeded(new_app())
+    at.switch_page("pages/prompts.py").run()
+    _add_boxes(at)
     objects = at.session_state[state.OBJECTS][at.session_state[state.IMAGE].key]
     assert [o.box for o in objects] == [(10.0, 10.0, 60.0, 50.0), (70.0, 30.0, 120.0, 90.0)]
+    assert [_spill(o) for o in objects] == [0, 0]  # masks stay inside their box by default
+    at.toggle(key="w_clip_to_box").set_value(False).run()
+    _add_boxes(at)
+    assert len(objects) == 4 and _spill(objects[2]) + _spill(objects[3]) > 0
 
 
 def test_prompt_error_is_shown_and_earlier_objects_are_kept(app_env):

@@ -82,16 +82,30 @@ def test_prompt_writes_the_predicted_masks(scene, capsys, tiny_sam, tiny_checkpo
         "params.json",
     }
     rgb = to_rgb8(read_image(scene / "img.tif"))
-    expected = predict(
-        tiny_sam,
-        compute_embedding(tiny_sam, rgb),
-        points=[[40, 30], [90, 60]],
-        labels=[1, 0],
-        boxes=[[20, 15, 62, 48], [70, 40, 110, 80]],
-    ).best_masks
+    prompts = dict(
+        points=[[40, 30], [90, 60]], labels=[1, 0], boxes=[[20, 15, 62, 48], [70, 40, 110, 80]]
+    )
+    emb = compute_embedding(tiny_sam, rgb)
+    expected = predict(tiny_sam, emb, clip_to_box=True, **prompts).best_masks
     coco = json.loads((out_dir / "masks.json").read_text())
     got = [rle_decode(a["segmentation"]).astype(bool) for a in coco["annotations"]]
     assert len(got) == 2 and all(np.array_equal(g, e) for g, e in zip(got, expected, strict=True))
+    argv = ["prompt", scene / "img.tif", "--model", tiny_checkpoint]
+    for p in ("40,30", "90,60,0"):
+        argv += ["--point", p]
+    for b in ("20,15,62,48", "70,40,110,80"):
+        argv += ["--box", b]
+    code, _, err = _run(capsys, *argv, "--no-clip-to-box", "--out", scene / "unclipped")
+    assert code == 0, err
+    coco = json.loads((scene / "unclipped" / "masks.json").read_text())
+    raw = [rle_decode(a["segmentation"]).astype(bool) for a in coco["annotations"]]
+    unclipped = predict(tiny_sam, emb, **prompts).best_masks
+    assert all(np.array_equal(g, e) for g, e in zip(raw, unclipped, strict=True))
+    assert any((r & ~g).any() for r, g in zip(raw, got, strict=True))  # the clip did something
+    assert (
+        json.loads((scene / "unclipped" / "params.json").read_text())["parameters"]["clip_to_box"]
+        is False
+    )
     params = json.loads((out_dir / "params.json").read_text())
     assert params["model"]["sha256"] == models.file_sha256(tiny_checkpoint)
     assert params["parameters"]["boxes"][1] == [70, 40, 110, 80]

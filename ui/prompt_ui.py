@@ -30,8 +30,8 @@ SIDE_BY_SIDE_MAX = 450  # wider canvases put the candidates below the image
 PREVIEW_WIDTH = 400  # candidate previews are downsampled to about this width (px)
 
 
-def tool_ui() -> tuple[str, str, bool]:
-    """Tool picker and multimask switch; return (drawing mode, stroke colour, multimask)."""
+def tool_ui() -> tuple[str, str, bool, bool]:
+    """Tool picker and mask switches; return (drawing mode, stroke colour, multimask, clip)."""
     cols = st.columns([3, 2])
     with cols[0]:
         tool = state.kept(
@@ -53,8 +53,16 @@ def tool_ui() -> tuple[str, str, bool]:
             help="On: SAM proposes 3 masks (part, object, group) with a "
             "predicted IoU each. Off: one mask.",
         )
+        clip = state.kept(
+            st.toggle,
+            "Keep masks inside the box",
+            "clip_to_box",
+            True,
+            help="On: a box's masks stop at the box (widened to any foreground point), so "
+            "they cannot spill into a neighbour. Off: SAM's masks as they are.",
+        )
     mode, colour = TOOLS[tool]
-    return mode, colour, multimask
+    return mode, colour, multimask, clip
 
 
 def canvas_width_ui() -> int:
