@@ -4,7 +4,9 @@ Three figures on one image, each with a known, reproducible prompt:
 
 - ``point_miou``: one positive point at each object's most interior pixel (maximum of the
   object's own distance transform); the multimask output with the highest predicted IoU;
-- ``box_miou``: each object's tight box (XYXY, inclusive ends), single-mask output;
+- ``box_miou``: each object's tight box (XYXY, inclusive ends), single-mask output, kept
+  inside the box as the app keeps it (:func:`samlib.prompts.clip_masks_to_box`);
+  ``box_miou_unclipped`` is the decoder's mask as it is;
 - segment-everything (the app's default generator parameters, then the area filter a
   user would set): ``ap50``, ``ap_mean`` (DSB2018 metric TP / (TP + FP + FN) averaged over
   IoU 0.5:0.05:0.95), ``f1`` at IoU 0.5, ``n_pred``, ``n_gt``.
@@ -35,6 +37,7 @@ from segment_anything.modeling import Sam
 
 from samlib.errors import ParameterError, SamlibError
 from samlib.evaluate import evaluate
+from samlib.prompts import clip_masks_to_box
 
 if TYPE_CHECKING:
     from samlib.tiled_prompts import TiledPromptResult
@@ -63,17 +66,29 @@ def object_prompts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     )
 
 
+def grow_boxes(boxes: np.ndarray, margin: float, size: tuple[int, int]) -> np.ndarray:
+    """XYXY ``boxes`` (N, 4) widened by ``margin`` px on every side, within an HxW image."""
+    h, w = size
+    out = boxes + np.array([-margin, -margin, margin, margin], dtype=np.float32)
+    return np.clip(out, 0, [w - 1, h - 1, w - 1, h - 1]).astype(np.float32)
+
+
 @torch.no_grad()
 def prompt_ious(
-    model: Sam, rgb8: np.ndarray, labels: np.ndarray, batch: int = 64
+    model: Sam, rgb8: np.ndarray, labels: np.ndarray, batch: int = 64, box_margin: float = 0.0
 ) -> dict[str, Any]:
-    """Mean IoU for one interior point and for the tight box of every object."""
+    """Mean IoU for one interior point and for the box of every object (clipped or not).
+
+    ``box_margin`` widens each tight box by that many pixels on every side, as a user's
+    hand-drawn box would be.
+    """
     predictor = SamPredictor(model)
     t0 = time.perf_counter()
     predictor.set_image(rgb8)
     encode_s = time.perf_counter() - t0
     ids, points, boxes = object_prompts(labels)
-    pt_iou, box_iou = [], []
+    boxes = grow_boxes(boxes, box_margin, labels.shape)
+    pt_iou, box_iou, raw_iou = [], [], []
     tf, size, dev = predictor.transform, rgb8.shape[:2], predictor.device
     for s in range(0, len(ids), batch):
         sel = slice(s, s + batch)
@@ -85,14 +100,21 @@ def prompt_ious(
         pt_iou.append(_iou(best, gt))
         bx = torch.as_tensor(tf.apply_boxes(boxes[sel], size), device=dev)
         masks, _, _ = predictor.predict_torch(None, None, boxes=bx, multimask_output=False)
-        box_iou.append(_iou(masks[:, 0].cpu().numpy(), gt))
-    pt = np.concatenate(pt_iou) if pt_iou else np.zeros(0)
-    bx = np.concatenate(box_iou) if box_iou else np.zeros(0)
+        raw = masks[:, 0].cpu().numpy()
+        raw_iou.append(_iou(raw, gt))
+        clipped = np.stack([clip_masks_to_box(m, b) for m, b in zip(raw, boxes[sel], strict=True)])
+        box_iou.append(_iou(clipped, gt))
     return {
-        "point_miou": float(pt.mean()) if len(pt) else 0.0,
-        "box_miou": float(bx.mean()) if len(bx) else 0.0,
+        "point_miou": _mean(pt_iou),
+        "box_miou": _mean(box_iou),
+        "box_miou_unclipped": _mean(raw_iou),
         "encoder_seconds": encode_s,
     }
+
+
+def _mean(batches: list[np.ndarray]) -> float:
+    values = np.concatenate(batches) if batches else np.zeros(0)
+    return float(values.mean()) if len(values) else 0.0
 
 
 @torch.no_grad()
@@ -103,6 +125,7 @@ def tiled_prompt_ious(
     *,
     tile_size: int | None = None,
     halo: int | None = None,
+    box_margin: float = 0.0,
 ) -> dict[str, Any]:
     """As :func:`prompt_ious`, each prompt on the native-resolution tile that suits it best."""
     from samlib.tiled_prompts import TiledEmbeddings, predict_tiled
@@ -113,16 +136,20 @@ def tiled_prompt_ious(
         tiled.embedding(model, i)
     encode_s = time.perf_counter() - t0
     ids, points, boxes = object_prompts(labels)
+    boxes = grow_boxes(boxes, box_margin, labels.shape)
     areas = np.bincount(labels.ravel(), minlength=int(labels.max()) + 1)
-    pt_iou, box_iou = [], []
+    pt_iou, box_iou, raw_iou = [], [], []
     for i, point, box in zip(ids, points, boxes, strict=True):
         res = predict_tiled(model, tiled, points=point[None], labels=[1], multimask=True)
         pt_iou.append(_window_iou(res, int(np.argmax(res.scores)), labels, i, areas[i]))
         res = predict_tiled(model, tiled, box=box, multimask=False)
+        raw_iou.append(_window_iou(res, 0, labels, i, areas[i]))
+        res = predict_tiled(model, tiled, box=box, multimask=False, clip_to_box=True)
         box_iou.append(_window_iou(res, 0, labels, i, areas[i]))
     return {
         "point_miou": float(np.mean(pt_iou)) if pt_iou else 0.0,
         "box_miou": float(np.mean(box_iou)) if box_iou else 0.0,
+        "box_miou_unclipped": float(np.mean(raw_iou)) if raw_iou else 0.0,
         "encoder_seconds": encode_s,
         "tiles": len(tiled.tiles),
     }
@@ -161,6 +188,7 @@ def evaluate_model(
     tiled: bool = False,
     tile_size: int | None = None,
     halo: int | None = None,
+    box_margin: float = 0.0,
     **generator_params: Any,
 ) -> dict[str, Any]:
     """All figures for one HWC uint8 image and its HxW instance labels (see module doc).
@@ -169,6 +197,7 @@ def evaluate_model(
     matching, as the app's area filter does; ``generator_params`` go to the generator.
     ``tiled`` runs everything on native-resolution tiles (``tile_size`` and ``halo`` as
     :func:`samlib.tiling.segment_everything_tiled`; defaults: windows of the input size).
+    ``box_margin`` widens the box prompts (see :func:`prompt_ious`).
     """
     labels = np.asarray(labels)
     if labels.shape != rgb8.shape[:2] or not np.issubdtype(labels.dtype, np.integer):
@@ -176,16 +205,20 @@ def evaluate_model(
             f"labels must be an integer image of the image's size {rgb8.shape[:2]}, got "
             f"{labels.dtype} {labels.shape}"
         )
+    if not np.isfinite(box_margin) or box_margin < 0:
+        raise ParameterError(f"box_margin must be 0 or more pixels, got {box_margin}")
     if tiled:
         from samlib.tiling import segment_everything_tiled
 
-        out: dict[str, Any] = tiled_prompt_ious(model, rgb8, labels, tile_size=tile_size, halo=halo)
+        out: dict[str, Any] = tiled_prompt_ious(
+            model, rgb8, labels, tile_size=tile_size, halo=halo, box_margin=box_margin
+        )
         t0 = time.perf_counter()
         records = segment_everything_tiled(
             model, rgb8, tile_size=tile_size, halo=halo, **generator_params
         )
     else:
-        out = prompt_ious(model, rgb8, labels)
+        out = prompt_ious(model, rgb8, labels, box_margin=box_margin)
         t0 = time.perf_counter()
         records = everything_masks(model, rgb8, **generator_params)
     out["everything_seconds"] = time.perf_counter() - t0
@@ -201,6 +234,7 @@ def evaluate_model(
     out.update({"f1": float(table.loc[0.5, "f1"]), "n_pred": ev.n_pred, "n_gt": ev.n_gt})
     out["n_pred_unfiltered"] = len(records)
     out["tiled"] = tiled
+    out["box_margin"] = box_margin
     out.update({"min_area": min_area, "max_area": max_area})
     return out
 
@@ -225,6 +259,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--tile-size", type=int, default=None, help="tile core side (with --tiled)")
     ap.add_argument("--halo", type=int, default=None, help="tile overlap (with --tiled)")
     ap.add_argument("--fast", action="store_true", help="segment everything in fast mode")
+    ap.add_argument(
+        "--box-margin",
+        type=float,
+        default=0.0,
+        metavar="PX",
+        help="widen each object's tight box by PX pixels on every side (a hand-drawn box)",
+    )
     ap.add_argument(
         "--sam-thresholds",
         action="store_true",
@@ -257,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tiled=args.tiled,
                 tile_size=args.tile_size,
                 halo=args.halo,
+                box_margin=args.box_margin,
                 **params,
             ),
         }

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     tuned = load_model(args.out, device="cpu")
     after = {"val": prompt_ious(tuned, val_rgb, val_lab)}
     after["test"] = prompt_ious(tuned, test_rgb, test_lab)
-    keys = ("point_miou", "box_miou")
+    keys = ("point_miou", "box_miou_unclipped", "box_miou")
     print(
         json.dumps(
             {

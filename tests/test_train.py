@@ -325,23 +325,29 @@ def test_bundled_model_segments_unseen_synthetic_nuclei(bundled):
     assert res["point_miou"] > 0.75 and res["box_miou"] > 0.75
 
 
+LOOSE = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+
+
 def test_bundled_model_runs_everything_and_evaluation(bundled):
     img, lab = synth_image(123, (96, 96), kind="fluorescence", n_objects=8, radius=(7, 10))
-    res = evaluate_model(
-        bundled,
-        to_rgb8(img),
-        lab,
-        points_per_side=4,
-        pred_iou_thresh=0.0,
-        stability_score_thresh=0.0,
-    )
+    res = evaluate_model(bundled, to_rgb8(img), lab, **LOOSE)
     assert res["n_gt"] == lab.max()
     assert res["n_pred_unfiltered"] > 0  # thresholds at 0: every grid point gives a mask
-    for key in ("point_miou", "box_miou", "ap50", "ap_mean", "f1"):
+    for key in ("point_miou", "box_miou", "box_miou_unclipped", "ap50", "ap_mean", "f1"):
         assert 0.0 <= res[key] <= 1.0
+    # Pixels outside an object's tight box are all false positives: dropping them cannot
+    # lower its IoU, and with the demo model's masks it raises some.
+    assert res["box_miou"] > res["box_miou_unclipped"]
+    loose = evaluate_model(bundled, to_rgb8(img), lab, box_margin=4, **LOOSE)
+    assert loose["box_margin"] == 4 and loose["point_miou"] == res["point_miou"]
+    assert loose["box_miou_unclipped"] != res["box_miou_unclipped"]  # other box prompts
 
 
-LOOSE = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+def test_grow_boxes_widens_within_the_image():
+    from samlib.benchmark_model import grow_boxes
+
+    boxes = np.array([[0, 5, 10, 20], [50, 60, 95, 79]], np.float32)
+    assert grow_boxes(boxes, 3, (80, 96)).tolist() == [[0, 2, 13, 23], [47, 57, 95, 79]]
 
 
 def test_tiled_evaluation_of_an_image_that_fits_one_window_is_the_plain_one(bundled):
@@ -397,6 +403,25 @@ def test_evaluate_model_command_line_checks_tiling_options(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "lab.tif", lab.astype(np.uint16))
     assert main([str(tmp_path / "im.tif"), str(tmp_path / "lab.tif"), "--halo", "8"]) == 2
     assert "--tiled" in capsys.readouterr().err
+
+
+def test_evaluate_model_command_line_prints_the_figures(tmp_path, capsys):
+    import tifffile
+
+    from samlib.benchmark_model import main
+
+    img, lab = synth_image(9, (64, 64), kind="fluorescence", n_objects=3, radius=(6, 8))
+    tifffile.imwrite(tmp_path / "im.tif", img)
+    tifffile.imwrite(tmp_path / "lab.tif", lab.astype(np.uint16))
+    files = [str(tmp_path / "im.tif"), str(tmp_path / "lab.tif"), "--model", "small_cnn"]
+    assert main([*files, "--box-margin", "2", "--min-area", "10"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["box_margin"] == 2 and out["min_area"] == 10 and out["n_gt"] == lab.max()
+    assert out["box_miou"] >= out["box_miou_unclipped"]
+    for key in ("point_miou", "ap50", "ap_mean", "f1", "n_pred"):
+        assert key in out
+    assert main([*files, "--box-margin", "-1"]) == 2
+    assert "box_margin" in capsys.readouterr().err
 
 
 def test_train_command_line_fine_tunes_a_checkpoint(tiny_cnn, tmp_path, capsys):
