@@ -39,8 +39,9 @@ if width <= prompt_ui.SIDE_BY_SIDE_MAX:
 else:
     left, right = st.container(), st.container()
 with left:
-    mode, colour, multimask, clip = prompt_ui.tool_ui()
+    mode, colour = prompt_ui.tool_ui()
     drawn = prompt_ui.canvas_ui(work, mode, colour, generation, width)
+    multimask, clip = prompt_ui.mask_options_ui()
     prompts = merge_prompts(drawn, prompt_ui.typed_prompts_ui(work))
 
 with right:

@@ -30,10 +30,12 @@ SIDE_BY_SIDE_MAX = 450  # wider canvases put the candidates below the image
 PREVIEW_WIDTH = 400  # candidate previews are downsampled to about this width (px)
 
 
-def tool_ui() -> tuple[str, str, bool, bool]:
-    """Tool picker and mask switches; return (drawing mode, stroke colour, multimask, clip)."""
-    cols = st.columns([3, 2])
-    with cols[0]:
+def tool_ui() -> tuple[str, str]:
+    """Tool picker; return (drawing mode, stroke colour).
+
+    It takes the left of its row: the canvas toolbar floats above the canvas's right end.
+    """
+    with st.columns([3, 2])[0]:
         tool = state.kept(
             st.radio,
             "Tool",
@@ -44,25 +46,31 @@ def tool_ui() -> tuple[str, str, bool, bool]:
             help="Click to add points; drag to draw boxes (several allowed). "
             "The canvas toolbar undoes or clears prompts.",
         )
-    with cols[1]:
+    return TOOLS[tool]
+
+
+def mask_options_ui() -> tuple[bool, bool]:
+    """The two mask switches; return (multimask, keep masks inside their box)."""
+    cols = st.columns(2)
+    with cols[0]:
         multimask = state.kept(
             st.toggle,
-            "Three candidates (multimask)",
+            "Three candidates",
             "multimask",
             True,
             help="On: SAM proposes 3 masks (part, object, group) with a "
-            "predicted IoU each. Off: one mask.",
+            "predicted IoU each (SAM's multimask output). Off: one mask.",
         )
+    with cols[1]:
         clip = state.kept(
             st.toggle,
-            "Keep masks inside the box",
+            "Keep inside box",
             "clip_to_box",
             True,
             help="On: a box's masks stop at the box (widened to any foreground point), so "
             "they cannot spill into a neighbour. Off: SAM's masks as they are.",
         )
-    mode, colour = TOOLS[tool]
-    return mode, colour, multimask, clip
+    return multimask, clip
 
 
 def canvas_width_ui() -> int:
