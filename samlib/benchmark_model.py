@@ -27,7 +27,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,9 +38,6 @@ from segment_anything.modeling import Sam
 from samlib.errors import ParameterError, SamlibError
 from samlib.evaluate import evaluate
 from samlib.prompts import clip_masks_to_box
-
-if TYPE_CHECKING:
-    from samlib.tiled_prompts import TiledPromptResult
 
 
 def object_prompts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -141,11 +138,15 @@ def tiled_prompt_ious(
     pt_iou, box_iou, raw_iou = [], [], []
     for i, point, box in zip(ids, points, boxes, strict=True):
         res = predict_tiled(model, tiled, points=point[None], labels=[1], multimask=True)
-        pt_iou.append(_window_iou(res, int(np.argmax(res.scores)), labels, i, areas[i]))
+        best = res.result.masks[0, int(np.argmax(res.scores))]
+        pt_iou.append(_window_iou(best, res.tile.window, labels, i, areas[i]))
         res = predict_tiled(model, tiled, box=box, multimask=False)
-        raw_iou.append(_window_iou(res, 0, labels, i, areas[i]))
-        res = predict_tiled(model, tiled, box=box, multimask=False, clip_to_box=True)
-        box_iou.append(_window_iou(res, 0, labels, i, areas[i]))
+        window = res.tile.window
+        raw = res.result.masks[0, 0]
+        raw_iou.append(_window_iou(raw, window, labels, i, areas[i]))
+        in_window = box - np.tile(np.asarray(window[:2], dtype=box.dtype), 2)
+        clipped = clip_masks_to_box(raw, in_window)
+        box_iou.append(_window_iou(clipped, window, labels, i, areas[i]))
     return {
         "point_miou": float(np.mean(pt_iou)) if pt_iou else 0.0,
         "box_miou": float(np.mean(box_iou)) if box_iou else 0.0,
@@ -155,10 +156,11 @@ def tiled_prompt_ious(
     }
 
 
-def _window_iou(res: TiledPromptResult, k: int, labels: np.ndarray, i: int, gt_area: int) -> float:
-    """IoU of mask ``k`` of a tiled result (window frame) with object ``i`` of ``labels``."""
-    x0, y0, x1, y1 = res.tile.window
-    mask = res.result.masks[0, k]
+def _window_iou(
+    mask: np.ndarray, window: tuple[int, int, int, int], labels: np.ndarray, i: int, gt_area: int
+) -> float:
+    """IoU of a mask in the frame of ``window`` (XYXY) with object ``i`` of ``labels``."""
+    x0, y0, x1, y1 = window
     inter = int((mask & (labels[y0:y1, x0:x1] == i)).sum())
     return inter / max(int(mask.sum()) + int(gt_area) - inter, 1)
 

@@ -139,7 +139,6 @@ def predict_tiled(
     labels=None,
     box=None,
     multimask: bool = True,
-    clip_to_box: bool = False,
 ) -> TiledPromptResult:
     """Predict masks for one prompt set on the tile that suits it best.
 
@@ -157,8 +156,6 @@ def predict_tiled(
         (4,) XYXY box in image pixels.
     multimask : bool
         Three candidate masks (True) or one (False).
-    clip_to_box : bool
-        Keep the masks inside ``box``, as :func:`samlib.prompts.predict` does.
 
     Returns
     -------
@@ -176,6 +173,5 @@ def predict_tiled(
         labels=labels,
         boxes=None if bx is None else bx - np.tile(offset, 2),
         multimask=multimask,
-        clip_to_box=clip_to_box,
     )
     return TiledPromptResult(result=result, tile=tile, image_size=tiled.rgb8.shape[:2])

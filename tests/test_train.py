@@ -378,7 +378,8 @@ def test_tiled_prompt_ious_score_whole_objects_across_tiles(bundled):
         full = out.mask(0)
         gt = lab == i
         expect = (full & gt).sum() / (full | gt).sum()
-        assert _window_iou(out, 0, lab, i, gt.sum()) == pytest.approx(expect)
+        got = _window_iou(out.result.masks[0, 0], out.tile.window, lab, i, gt.sum())
+        assert got == pytest.approx(expect)
     assert len(used) > 1
     # An object wider than any window: the part outside the window counts as missed.
     big = np.zeros((400, 400), np.int32)
@@ -390,7 +391,8 @@ def test_tiled_prompt_ious_score_whole_objects_across_tiles(bundled):
     x0, y0, x1, y1 = out.tile.window
     assert gt[y0:y1, x0:x1].sum() < gt.sum()  # the window does not hold it all
     expect = (full & gt).sum() / (full | gt).sum()
-    assert expect > 0 and _window_iou(out, k, big, 1, gt.sum()) == pytest.approx(expect)
+    got = _window_iou(out.result.masks[0, k], out.tile.window, big, 1, gt.sum())
+    assert expect > 0 and got == pytest.approx(expect)
 
 
 def test_evaluate_model_command_line_checks_tiling_options(tmp_path, capsys):
