@@ -2,13 +2,13 @@
 
 Sections (each prints stock time, ours, the ratio and how equal the outputs are):
 
-1. image encoder: ``SamPredictor.set_image`` vs :func:`samlib.accel.accelerate` +
-   :func:`samlib.embeddings.compute_embedding` (cosine similarity of the embeddings);
+1. image encoder: ``SamPredictor.set_image`` vs :func:`samlib.models.accel.accelerate` +
+   :func:`samlib.models.embeddings.compute_embedding` (cosine similarity of the embeddings);
 2. segment everything after encoding: ``SamAutomaticMaskGenerator`` (its predictor
-   given the embedding) vs :func:`samlib.everything.segment_everything` exact (records
+   given the embedding) vs :func:`samlib.everything.generate.segment_everything` exact (records
    compared field by field) and ``fast=True`` (stock masks matched at IoU >= 0.9);
 3. re-filtering candidates after a threshold change (no model call);
-4. one point prompt: ``SamPredictor.predict`` vs :func:`samlib.prompts.predict`;
+4. one point prompt: ``SamPredictor.predict`` vs :func:`samlib.prompts.prompting.predict`;
 5. peak memory (resident set growth) of the two everything-generators.
 
 Random weights give near-zero mask logits, so no mask would pass SAM's stability
@@ -41,15 +41,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor  # noqa: E402
 from skimage.draw import disk  # noqa: E402
 
-from samlib import accel  # noqa: E402
-from samlib.arch import VIT_B, VIT_TINY, build_sam  # noqa: E402
-from samlib.embeddings import Embedding, compute_embedding  # noqa: E402
-from samlib.everything import (  # noqa: E402
+from samlib.everything.generate import (  # noqa: E402
     GeneratorParams,
     generate_candidates,
     refilter,
     segment_everything,  # noqa: E402
 )
+from samlib.models import accel  # noqa: E402
+from samlib.models.arch import VIT_B, VIT_TINY, build_sam  # noqa: E402
+from samlib.models.embeddings import Embedding, compute_embedding  # noqa: E402
 
 
 class PeakRSS:
@@ -298,7 +298,7 @@ def main(argv=None) -> int:
     )
 
     # 4. one point prompt
-    from samlib.prompts import predict
+    from samlib.prompts.prompting import predict
 
     rng = np.random.default_rng(1)
     pts = rng.integers(0, args.size, (args.prompts, 1, 2)).astype(float)
@@ -343,9 +343,9 @@ def main(argv=None) -> int:
 
 def trained_section(args) -> None:
     """Stock vs exact vs fast with the bundled small demo model on the DSB2018 sample."""
-    from samlib.display import to_rgb8
-    from samlib.models import load_model, suggested_params
-    from samlib.samples import load_sample
+    from samlib.datasets.samples import load_sample
+    from samlib.image.display import to_rgb8
+    from samlib.models.loading import load_model, suggested_params
 
     model = load_model("small_cnn", device="cuda" if torch.cuda.is_available() else "cpu")
     image, _, _ = load_sample("dsb2018")

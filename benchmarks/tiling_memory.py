@@ -2,7 +2,7 @@
 
 Builds a random-weight model (``tiny``: VIT_TINY, or ``vit_b``), paints a synthetic
 image of coloured disks (default 4096 x 4096), runs
-:func:`samlib.tiling.segment_everything_tiled` with low thresholds (so that many masks
+:func:`samlib.tiling.tiles.segment_everything_tiled` with low thresholds (so that many masks
 survive and reach the stitching step) and prints the peak resident memory of the process
 (``resource.getrusage``), the peak of Python/NumPy allocations during the run
 (``tracemalloc``; torch's own buffers are not traced) and, for comparison, the memory a
@@ -38,8 +38,8 @@ from skimage.draw import disk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from samlib.arch import VIT_B, VIT_TINY, build_sam  # noqa: E402
-from samlib.tiling import default_tiling, segment_everything_tiled, tile_layout  # noqa: E402
+from samlib.models.arch import VIT_B, VIT_TINY, build_sam  # noqa: E402
+from samlib.tiling.tiles import default_tiling, segment_everything_tiled, tile_layout  # noqa: E402
 
 
 def peak_rss_mb() -> float:

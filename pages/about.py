@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from samlib import samples
+from samlib.datasets import samples
 from ui import image_ui
 
 st.title("Examples & about")

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from samlib.everything_run import run_everything
+from samlib.app.everything_run import run_everything
 from ui import everything_ui, results_ui, state
 
 st.title("Segment everything")

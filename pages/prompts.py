@@ -3,8 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from samlib.canvas import merge_prompts
-from samlib.objects import predict_candidates, records_of
+from samlib.app.canvas import merge_prompts
+from samlib.prompts.objects import predict_candidates, records_of
 from ui import prompt_ui, results_ui, state
 
 st.title("Segment with prompts")

@@ -3,8 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from samlib import selftest
-from samlib.models import cache_dir
+from samlib.app import selftest
+from samlib.models.loading import cache_dir
 from ui import state
 
 st.title("System check")

@@ -18,11 +18,11 @@ __version__ = "0.1.0"
 # Public name -> module that defines it; imported on first use so that
 # `import samlib` stays fast and does not pull in torch for image IO alone.
 _API = {
-    "read_image": "samlib.io",
-    "to_rgb8": "samlib.io",
-    "load_model": "samlib.models",
-    "segment_everything": "samlib.everything",
-    "segment_everything_tiled": "samlib.tiling",
+    "read_image": "samlib.image.io",
+    "to_rgb8": "samlib.image.io",
+    "load_model": "samlib.models.loading",
+    "segment_everything": "samlib.everything.generate",
+    "segment_everything_tiled": "samlib.tiling.tiles",
     "SamlibError": "samlib.errors",
 }
 

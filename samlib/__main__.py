@@ -1,8 +1,8 @@
-"""Entry point of ``python -m samlib`` (see :mod:`samlib.cli`)."""
+"""Entry point of ``python -m samlib`` (see :mod:`samlib.cli.parser`)."""
 
 import sys
 
-from samlib.cli import main
+from samlib.cli.parser import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,11 +1,11 @@
 """Choose a model's mask threshold and segment-everything thresholds on synthetic images.
 
 First the mask logit threshold (SAM: 0.0): the grid value with the best mean of the point
-and box prompt mIoU (``samlib.benchmark_model.prompt_ious``) on the validation images; a
+and box prompt mIoU (``samlib.evaluation.benchmark.prompt_ious``) on the validation images; a
 model whose masks come out too large or too small does better away from 0. Then the
 segment-everything thresholds, with that mask threshold: SAM's defaults (pred_iou_thresh
 0.88, stability_score_thresh 0.95) suit SAM's own score ranges, not necessarily a smaller
-model's. The candidates of the same synthetic images (``samlib.synth.nuclei_image``, the
+model's. The candidates of the same synthetic images (``samlib.datasets.synth.nuclei_image``, the
 demo model's training distribution, with seeds disjoint from training and validation; never
 the DSB2018 image) are decoded once and re-filtered over a grid of the two thresholds, the
 box NMS threshold (nuclei do not overlap much, so a lower one can remove duplicates) and
@@ -33,12 +33,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from samlib.benchmark_model import prompt_ious  # noqa: E402
-from samlib.display import to_rgb8  # noqa: E402
-from samlib.evaluate import evaluate  # noqa: E402
-from samlib.everything import GeneratorParams, generate_candidates, refilter  # noqa: E402
-from samlib.models import load_model  # noqa: E402
-from samlib.synth import nuclei_image  # noqa: E402
+from samlib.datasets.synth import nuclei_image  # noqa: E402
+from samlib.evaluation.benchmark import prompt_ious  # noqa: E402
+from samlib.evaluation.metrics import evaluate  # noqa: E402
+from samlib.everything.generate import GeneratorParams, generate_candidates, refilter  # noqa: E402
+from samlib.image.display import to_rgb8  # noqa: E402
+from samlib.models.loading import load_model  # noqa: E402
 from scripts.nuclei_options import add_nuclei_options, nuclei_options  # noqa: E402
 
 MASK_GRID = (-4.0, -3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 "synthetic_ap50": round(best, 4),
                 "synthetic_ap50_at_sam_defaults": round(float(default), 4),
                 "data": {
-                    "generator": "samlib.synth.nuclei_image",
+                    "generator": "samlib.datasets.synth.nuclei_image",
                     "seeds": [args.seed, args.seed + args.images - 1],
                     **options,
                 },

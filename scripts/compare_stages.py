@@ -1,8 +1,8 @@
 """Compare two checkpoints of the demo model on fresh synthetic nuclei: the keep rule of a stage.
 
 Scores both models with one interior point and the tight box per nucleus
-(``samlib.benchmark_model.prompt_ious``) on the same images of each kind of
-``samlib.synth.nuclei_image`` and prints, per kind, the mean of point and box mIoU for each
+(``samlib.evaluation.benchmark.prompt_ious``) on the same images of each kind of
+``samlib.datasets.synth.nuclei_image`` and prints, per kind, the mean of point and box mIoU for each
 model. Both use one mask threshold, so the comparison is of the weights alone; the box
 figure is the decoder's mask as it is, with ``box_clipped`` (kept inside its box, as the app
 does) beside it. The seeds (9,400,000 on by default) are disjoint from every training and
@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from samlib.benchmark_model import prompt_ious  # noqa: E402
-from samlib.models import load_model  # noqa: E402
-from samlib.synth import nuclei_image  # noqa: E402
-from samlib.train_prompts import to_model_rgb8  # noqa: E402
+from samlib.datasets.synth import nuclei_image  # noqa: E402
+from samlib.evaluation.benchmark import prompt_ious  # noqa: E402
+from samlib.models.loading import load_model  # noqa: E402
+from samlib.training.prompts import to_model_rgb8  # noqa: E402
 
 KINDS = {
     "plain": {},

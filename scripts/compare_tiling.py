@@ -1,9 +1,9 @@
 """Compare shrinking an image to the model's input with segmenting it on native-resolution tiles.
 
-On synthetic 512 x 512 fluorescence nuclei images (``samlib.synth.synth_image``; every
-other one with out-of-focus glow, ``samlib.synth.add_glow``) whose nuclei are 6-15 px in
+On synthetic 512 x 512 fluorescence nuclei images (``samlib.datasets.synth.synth_image``; every
+other one with out-of-focus glow, ``samlib.datasets.synth.add_glow``) whose nuclei are 6-15 px in
 radius at the image's own pixels, the sizes the demo model was trained on both at full and
-at half resolution. ``samlib.benchmark_model.evaluate_model`` scores each image both ways
+at half resolution. ``samlib.evaluation.benchmark.evaluate_model`` scores each image both ways
 with the model's suggested thresholds; seeds 9,100,000 on are disjoint from training.
 
     .venv/bin/python scripts/compare_tiling.py --tile-size 256 --halo 16 --fast
@@ -21,10 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from samlib.benchmark_model import evaluate_model  # noqa: E402
-from samlib.display import to_rgb8  # noqa: E402
-from samlib.models import load_model, suggested_params  # noqa: E402
-from samlib.synth import add_glow, synth_image  # noqa: E402
+from samlib.datasets.synth import add_glow, synth_image  # noqa: E402
+from samlib.evaluation.benchmark import evaluate_model  # noqa: E402
+from samlib.image.display import to_rgb8  # noqa: E402
+from samlib.models.loading import load_model, suggested_params  # noqa: E402
 
 FIGURES = ("point_miou", "box_miou", "ap50", "ap_mean", "everything_seconds")
 

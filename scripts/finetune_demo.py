@@ -1,6 +1,6 @@
 """Fine-tune a model on ONE annotated image and measure it on a SECOND image of the same kind.
 
-Both images come from samlib.synth with the same settings (a style the demo model was not
+Both images come from samlib.datasets.synth with the same settings (a style the demo model was not
 specialised for) and different seeds. The image encoder stays frozen (embeddings are
 computed once), so this runs in a few minutes on a CPU. Prints before/after figures as JSON.
 
@@ -19,11 +19,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from samlib.benchmark_model import prompt_ious  # noqa: E402
-from samlib.display import to_rgb8  # noqa: E402
-from samlib.models import load_model  # noqa: E402
-from samlib.synth import synth_image  # noqa: E402
-from samlib.train import TrainParams, train  # noqa: E402
+from samlib.datasets.synth import synth_image  # noqa: E402
+from samlib.evaluation.benchmark import prompt_ious  # noqa: E402
+from samlib.image.display import to_rgb8  # noqa: E402
+from samlib.models.loading import load_model  # noqa: E402
+from samlib.training.loop import TrainParams, train  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         device="cpu",
     )
     data = {
-        "generator": "samlib.synth.synth_image",
+        "generator": "samlib.datasets.synth.synth_image",
         "kind": args.kind,
         "shape": list(shape),
         "radius": list(args.radius),

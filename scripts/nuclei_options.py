@@ -1,4 +1,4 @@
-"""The command-line options of ``samlib.synth.nuclei_image`` shared by the training scripts.
+"""The command-line options of ``samlib.datasets.synth.nuclei_image`` the training scripts share.
 
 A training stage and its threshold calibration must draw the same kind of images, so both
 scripts take these options from here.

@@ -1,7 +1,7 @@
-"""Train the bundled small demo model from scratch on synthetic nuclei, with samlib.train.
+"""Train the bundled small demo model from scratch on synthetic nuclei, with samlib.training.loop.
 
 Everything follows from ``--seed``: the initial weights, the synthetic fluorescence images
-(``samlib.synth.nuclei_image``: random size, scale and crowding, touching colonies, a few
+(``samlib.datasets.synth.nuclei_image``: random size, scale and crowding, touching colonies, a few
 saturating nuclei) and the prompts. The DSB2018 image is never used. The whole model
 learns (``freeze_encoder=False``): each step encodes ``--batch-images`` fresh images and,
 per image, prompts ``--prompts`` objects (half a random interior point with SAM's three
@@ -27,11 +27,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from samlib.arch import build_sam  # noqa: E402
-from samlib.models import load_model  # noqa: E402
-from samlib.small_encoder import SMALL_CNN, sharpen_prompt_positions  # noqa: E402
-from samlib.synth import NucleiDataset  # noqa: E402
-from samlib.train import TrainParams, train  # noqa: E402
+from samlib.datasets.synth import NucleiDataset  # noqa: E402
+from samlib.models.arch import build_sam  # noqa: E402
+from samlib.models.loading import load_model  # noqa: E402
+from samlib.models.small_encoder import SMALL_CNN, sharpen_prompt_positions  # noqa: E402
+from samlib.training.loop import TrainParams, train  # noqa: E402
 from scripts.nuclei_options import add_nuclei_options, nuclei_options  # noqa: E402
 
 VAL_OFFSET = 5_000_000  # validation seeds start here, far from any training seed
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = build_sam(SMALL_CNN)
         sharpen_prompt_positions(model, seed=args.seed)
-        base_model = "scratch (samlib.small_encoder.SMALL_CNN)"
+        base_model = "scratch (samlib.models.small_encoder.SMALL_CNN)"
     base = args.seed * 10_000_000
     options = nuclei_options(args)
     train_set = NucleiDataset(VAL_OFFSET, seed=base, **options)

@@ -8,9 +8,9 @@ import torch
 from segment_anything import SamPredictor
 from segment_anything.modeling.image_encoder import Block
 
-from samlib import accel
-from samlib.arch import VIT_TINY, build_sam
-from samlib.embeddings import compute_embedding
+from samlib.models import accel
+from samlib.models.arch import VIT_TINY, build_sam
+from samlib.models.embeddings import compute_embedding
 from samlib.workspace import workspace
 
 

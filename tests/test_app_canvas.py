@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from samlib.canvas import (
+from samlib.app.canvas import (
     BACKGROUND_COLOR,
     FOREGROUND_COLOR,
     CanvasPrompts,

@@ -1,7 +1,7 @@
 """Every page of the Streamlit app, driven headless with ``streamlit.testing.v1.AppTest``.
 
 The test seam: ``$SAMLIB_MODEL`` points at a tiny random-weight checkpoint (saved with
-``samlib.models.save_checkpoint``), so pages run the real pipeline in seconds.
+``samlib.models.loading.save_checkpoint``), so pages run the real pipeline in seconds.
 ``$SAMLIB_CACHE_DIR`` keeps downloads and embeddings in a temporary folder.
 """
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from samlib.arch import VIT_TINY, build_sam
-from samlib.models import save_checkpoint
+from samlib.models.arch import VIT_TINY, build_sam
+from samlib.models.loading import save_checkpoint
 from ui import state
 
 # pycocotools (a compiled module, so not filterable by module name) warns under NumPy 2.
@@ -125,8 +125,8 @@ def test_a_second_session_never_sees_the_first_sessions_image(app_env):
 
 def seeded(at: AppTest, n_channels: int = 1) -> AppTest:
     """Put a synthetic image with bright disks (known answer) into the session."""
-    from samlib.image import as_image
-    from samlib.session import prepare_image
+    from samlib.app.session import prepare_image
+    from samlib.image.microscopy import as_image
     from tests.conftest import make_disks
 
     img, _ = make_disks(shape=(96, 128), dtype=np.uint16)
@@ -196,13 +196,13 @@ def test_everything_runs_once_and_filters_live_without_the_model(app_env, monkey
     assert loose > 1
 
     # from now on the model must not run: any decoder call fails the test
-    import samlib.candidates
+    import samlib.everything.candidates
 
     def boom(*a, **k):
         raise AssertionError("the model ran while re-filtering")
 
-    monkeypatch.setattr(samlib.candidates, "decode_candidates", boom)
-    monkeypatch.setattr("samlib.everything.decode_candidates", boom)
+    monkeypatch.setattr(samlib.everything.candidates, "decode_candidates", boom)
+    monkeypatch.setattr("samlib.everything.generate.decode_candidates", boom)
     at.slider(key="w_pred_iou_thresh").set_value(0.1).run()
     no_errors(at)
     fewer = metric(at, "After quality & NMS")
@@ -385,7 +385,7 @@ def test_a_failed_run_keeps_the_earlier_results(app_env, monkeypatch):
     def fails(*a, **k):
         raise ParameterError("points_per_side must be in [1, 1024], got 0")
 
-    monkeypatch.setattr("samlib.everything.generate_candidates", fails)
+    monkeypatch.setattr("samlib.everything.generate.generate_candidates", fails)
     at.button(key="run_everything").click().run()
     assert not at.exception
     assert any("points_per_side" in e.value for e in at.error)

@@ -11,14 +11,14 @@ import pytest
 import tifffile
 from skimage.draw import disk
 
-from samlib.canvas import CanvasPrompts
-from samlib.embeddings import compute_embedding
+from samlib.app.canvas import CanvasPrompts
+from samlib.app.everything_run import area_filter, refilter_run, run_everything
+from samlib.app.results import EXPORTS, export_makers, provenance, record_rows
+from samlib.app.session import DisplaySettings, estimate_encode_seconds, prepare_image
 from samlib.errors import ParameterError
-from samlib.everything_run import area_filter, refilter_run, run_everything
-from samlib.image import as_image
-from samlib.objects import PromptedObject, mask_contains, predict_candidates, records_of
-from samlib.results import EXPORTS, export_makers, provenance, record_rows
-from samlib.session import DisplaySettings, estimate_encode_seconds, prepare_image
+from samlib.image.microscopy import as_image
+from samlib.models.embeddings import compute_embedding
+from samlib.prompts.objects import PromptedObject, mask_contains, predict_candidates, records_of
 from tests.conftest import make_disks
 
 pytestmark = pytest.mark.filterwarnings(
@@ -111,7 +111,7 @@ def test_everything_run_refilters_and_area_filters_without_the_model(tiny_sam, m
     assert run.image_key == work.key and run.grid_points.shape == (36, 2)
     assert run.grid_points.max(axis=0).tolist() < [128, 96]
     monkeypatch.setattr(tiny_sam, "forward", None)  # any model call would now fail
-    monkeypatch.setattr("samlib.candidates.decode_candidates", None)
+    monkeypatch.setattr("samlib.everything.candidates.decode_candidates", None)
     loose = refilter_run(run, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
     strict = refilter_run(run, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.3)
     assert len(strict.records) < len(loose.records) == run.n_candidates

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from samlib.arch import VIT_B, VIT_H, VIT_L, VIT_TINY, SamConfig, build_sam, detect_config
 from samlib.errors import CheckpointError
+from samlib.models.arch import VIT_B, VIT_H, VIT_L, VIT_TINY, SamConfig, build_sam, detect_config
 
 
 def _meta_state(cfg: SamConfig) -> dict:

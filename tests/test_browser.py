@@ -28,13 +28,13 @@ import tifffile
 import torch
 
 from samlib import coords
-from samlib.arch import VIT_TINY, build_sam
-from samlib.canvas import CanvasPrompts
-from samlib.embeddings import compute_embedding
-from samlib.models import load_model, save_checkpoint, suggested_params
-from samlib.objects import predict_candidates
-from samlib.samples import load_sample
-from samlib.session import prepare_image
+from samlib.app.canvas import CanvasPrompts
+from samlib.app.session import prepare_image
+from samlib.datasets.samples import load_sample
+from samlib.models.arch import VIT_TINY, build_sam
+from samlib.models.embeddings import compute_embedding
+from samlib.models.loading import load_model, save_checkpoint, suggested_params
+from samlib.prompts.objects import predict_candidates
 
 pytestmark = [
     pytest.mark.browser,
@@ -82,7 +82,7 @@ def checkpoint(tmp_path_factory) -> Path:
     Either way the test computes the model's answers itself, so it checks the app, not
     the model's quality; the demo model only makes the screenshots meaningful.
     """
-    from samlib.models import REGISTRY, checkpoint_path
+    from samlib.models.loading import REGISTRY, checkpoint_path
 
     for name, entry in REGISTRY.items():
         if entry.package_file and checkpoint_path(name).is_file():

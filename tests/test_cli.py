@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import tifffile
 
-from samlib import embeddings, models
-from samlib.arch import VIT_B
-from samlib.cli import main
-from samlib.embeddings import compute_embedding
-from samlib.io import read_image, to_rgb8
-from samlib.masks import rle_decode
-from samlib.prompts import predict
+from samlib import models
+from samlib.cli.parser import main
+from samlib.image.io import read_image, to_rgb8
+from samlib.models import embeddings
+from samlib.models.arch import VIT_B
+from samlib.models.embeddings import compute_embedding
+from samlib.prompts.prompting import predict
+from samlib.records.masks import rle_decode
 from tests.conftest import make_disks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,7 +254,8 @@ def test_download_shows_progress(scene, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "command, module", [("train", "samlib.train"), ("evaluate-model", "samlib.benchmark_model")]
+    "command, module",
+    [("train", "samlib.training.loop"), ("evaluate-model", "samlib.evaluation.benchmark")],
 )
 def test_delegated_subcommands(monkeypatch, command, module):
     import importlib
@@ -281,7 +283,7 @@ def test_module_entry_point_exit_status(scene, tiny_checkpoint):
 
 
 def test_everything_starts_from_the_models_suggested_thresholds(scene, capsys):
-    from samlib.models import suggested_params
+    from samlib.models.loading import suggested_params
 
     out_dir = scene / "every_small"
     code, _, err = _run(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from samlib.display import channel_limits, default_channels, to_rgb8
 from samlib.errors import ParameterError
-from samlib.image import as_image
+from samlib.image.display import channel_limits, default_channels, to_rgb8
+from samlib.image.microscopy import as_image
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32])

@@ -9,9 +9,9 @@ import threading
 import pytest
 
 from samlib import models
-from samlib.arch import VIT_B
-from samlib.download import download_file
 from samlib.errors import ChecksumError, DownloadError, ModelNotDownloadedError
+from samlib.models.arch import VIT_B
+from samlib.models.download import download_file
 
 PAYLOAD = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4 bytes: spans two read chunks
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -10,14 +10,14 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
-from samlib.arch import VIT_TINY, build_sam
-from samlib.embeddings import (
+from samlib.errors import ImageError
+from samlib.models.arch import VIT_TINY, build_sam
+from samlib.models.embeddings import (
     EmbeddingCache,
     compute_embedding,
     default_cache_dir,
     embedding_key,
 )
-from samlib.errors import ImageError
 
 
 def _rgb(shape, seed=0):

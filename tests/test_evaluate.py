@@ -9,9 +9,9 @@ import pytest
 import tifffile
 from skimage.draw import disk
 
+from samlib.datasets.samples import DATA_DIR
 from samlib.errors import ParameterError
-from samlib.evaluate import DSB_THRESHOLDS, evaluate, label_iou, mask_iou, match
-from samlib.samples import DATA_DIR
+from samlib.evaluation.metrics import DSB_THRESHOLDS, evaluate, label_iou, mask_iou, match
 
 SHAPE = (100, 120)
 DSB_MASK = DATA_DIR / "dsb2018_nuclei" / "mask.tif"

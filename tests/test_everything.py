@@ -8,10 +8,10 @@ import torch
 from segment_anything import SamAutomaticMaskGenerator
 from skimage.draw import disk
 
-from samlib.candidates import upsample_like_stock
-from samlib.decoder import PointDecoder
+from samlib.decoding.decoder import PointDecoder
 from samlib.errors import ImageError, ParameterError
-from samlib.everything import (
+from samlib.everything.candidates import upsample_like_stock
+from samlib.everything.generate import (
     PARAM_HELP,
     RECORD_KEYS,
     GeneratorParams,
@@ -243,8 +243,8 @@ def test_point_grids_and_help():
 def test_full_resolution_masks_never_stacked(sharp_sam, monkeypatch):
     # memory must not grow with the number of candidates: at most one decode chunk of
     # full-resolution logits exists at a time, and candidates are kept as run lengths
-    from samlib import candidates
-    from samlib.candidates import decode_candidates
+    from samlib.everything import candidates
+    from samlib.everything.candidates import decode_candidates
 
     seen = []
     original = candidates.upsample_like_stock
@@ -297,7 +297,7 @@ def test_equals_stock_generator_on_one_thread(sharp_sam, one_thread):
 @pytest.mark.parametrize("b", [1, 3])
 def test_upscale_equals_stock_layers(sharp_sam, b):
     # channels-last convolutions and in-place LayerNorm2d/GELU: the stock bits and layout
-    from samlib.decoder import upscale
+    from samlib.decoding.decoder import upscale
 
     dec = sharp_sam.mask_decoder
     c = dec.output_upscaling[0].in_channels
@@ -312,7 +312,7 @@ def test_upscale_equals_stock_layers(sharp_sam, b):
 
 def test_channels_last_convolution_used_only_where_bits_agree(monkeypatch):
     # a convolution whose channels-last path rounds differently is always run as stock
-    from samlib import decoder
+    from samlib.decoding import decoder
 
     monkeypatch.setattr(decoder, "_CL_FORMAT", {})
 
@@ -335,7 +335,7 @@ def test_channels_last_convolution_used_only_where_bits_agree(monkeypatch):
 def test_small_region_removal_equals_stock(mode):
     from segment_anything.utils.amg import remove_small_regions as stock
 
-    from samlib.refilter import remove_small_regions
+    from samlib.everything.refilter import remove_small_regions
 
     rng = np.random.default_rng(0)
     speckled = rng.random((120, 160)) < 0.5  # thousands of pieces and holes
@@ -355,7 +355,7 @@ def test_small_region_removal_equals_stock(mode):
 
 
 def test_small_region_removal_refuses_an_unknown_mode():
-    from samlib.refilter import remove_small_regions
+    from samlib.everything.refilter import remove_small_regions
 
     with pytest.raises(ParameterError, match="mode"):
         remove_small_regions(np.ones((4, 4), dtype=bool), 2, "edges")

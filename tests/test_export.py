@@ -16,7 +16,7 @@ from pycocotools import mask as mask_utils
 from skimage.draw import disk, polygon
 
 from samlib.errors import ParameterError
-from samlib.export import (
+from samlib.outputs.export import (
     FILE_NAMES,
     coco_dict,
     export_all,
@@ -28,8 +28,8 @@ from samlib.export import (
     roi_zip_bytes,
     write_exports,
 )
-from samlib.masks import labels_from_masks, labels_from_records, rle_decode, rle_encode
-from samlib.roi import mask_contour_xy
+from samlib.outputs.roi import mask_contour_xy
+from samlib.records.masks import labels_from_masks, labels_from_records, rle_decode, rle_encode
 
 SHAPE = (90, 110)
 DISKS = [(30, 35, 20), (40, 45, 8), (70, 90, 12)]  # the second lies on the first
@@ -77,7 +77,7 @@ def test_label_tiff_and_png_round_trip(rle):
     assert labels.dtype == np.uint16 and set(np.unique(labels)) == {0, 1, 2, 3}
     back = tifffile.imread(io.BytesIO(label_tiff_bytes(labels, pixel_size_um=0.5)))
     np.testing.assert_array_equal(back, labels)
-    from samlib.io import read_image
+    from samlib.image.io import read_image
 
     assert read_image(label_tiff_bytes(labels, pixel_size_um=0.5)).pixel_size_um == pytest.approx(
         0.5

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from samlib.everything import RECORD_KEYS, segment_everything
-from samlib.fastmode import coarse_to_fine
+from samlib.everything.fastmode import coarse_to_fine
+from samlib.everything.generate import RECORD_KEYS, segment_everything
 from tests.test_everything import colored_disks
 
 
@@ -20,9 +20,9 @@ def test_coarse_to_fine_is_a_permutation_coarse_first():
 @pytest.mark.slow
 @pytest.mark.parametrize("skip", [False, True])
 def test_fast_mode_records_are_sane(sharp_sam, skip):  # noqa: F811
-    from samlib.fastmode import fast_candidates
-    from samlib.genparams import GeneratorParams
-    from samlib.refilter import refilter
+    from samlib.everything.fastmode import fast_candidates
+    from samlib.everything.params import GeneratorParams
+    from samlib.everything.refilter import refilter
 
     img = colored_disks()
     params = dict(
@@ -70,8 +70,8 @@ def test_one_step_upsampling_is_close_to_stock(size):
     import torch
     from skimage.transform import resize
 
-    from samlib.arch import VIT_TINY, build_sam
-    from samlib.fastmode import upsample_once
+    from samlib.everything.fastmode import upsample_once
+    from samlib.models.arch import VIT_TINY, build_sam
 
     model = build_sam(dataclasses.replace(VIT_TINY, img_size=1024, window_size=8))
     scale = 1024 / max(size)
@@ -95,8 +95,8 @@ def test_one_step_upsampling_is_close_to_stock(size):
 def test_batched_fast_decoder_equals_one_prompt_at_a_time(sharp_sam):
     import torch
 
-    from samlib.embeddings import compute_embedding
-    from samlib.fast_decoder import decode_fast
+    from samlib.decoding.fast_decoder import decode_fast
+    from samlib.models.embeddings import compute_embedding
 
     emb = compute_embedding(sharp_sam, colored_disks())
     pts = torch.tensor([[[30.0, 40.0]], [[100.0, 20.0]], [[200.0, 150.0]], [[5.0, 250.0]]])

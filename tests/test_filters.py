@@ -7,7 +7,7 @@ import pytest
 from skimage.draw import disk
 
 from samlib.errors import ParameterError
-from samlib.filters import (
+from samlib.records.filters import (
     area_keep,
     area_range,
     filter_records,
@@ -15,7 +15,7 @@ from samlib.filters import (
     um2_to_px,
     whole_image_outliers,
 )
-from samlib.masks import rle_encode
+from samlib.records.masks import rle_encode
 
 SHAPE = (100, 120)
 

@@ -11,7 +11,6 @@ from conftest import make_disks
 from PIL import Image
 from skimage.draw import disk
 
-from samlib.display import to_rgb8
 from samlib.errors import (
     CorruptImageError,
     ImageError,
@@ -19,8 +18,9 @@ from samlib.errors import (
     ParameterError,
     UnsupportedImageError,
 )
-from samlib.image import as_image, guess_axes, image_hash
-from samlib.io import read_image
+from samlib.image.display import to_rgb8
+from samlib.image.io import read_image
+from samlib.image.microscopy import as_image, guess_axes, image_hash
 
 DTYPES = [np.uint8, np.uint16, np.int32, np.float32]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from samlib.errors import ParameterError
-from samlib.masks import (
+from samlib.records.masks import (
     labels_from_masks,
     masks_from_labels,
     masks_of,

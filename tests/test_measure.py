@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from samlib.image import as_image
-from samlib.masks import rle_encode
-from samlib.measure import measure_labels, measure_masks, measure_records
+from samlib.image.microscopy import as_image
+from samlib.outputs.measure import measure_labels, measure_masks, measure_records
+from samlib.records.masks import rle_encode
 
 SHAPE = (80, 100)
 DISKS = [(20, 30, 8), (50, 70, 12)]  # row, col, radius

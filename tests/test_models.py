@@ -13,7 +13,6 @@ import torch
 from segment_anything import SamPredictor
 
 from samlib import models
-from samlib.arch import VIT_B, VIT_TINY, build_sam, detect_config
 from samlib.errors import (
     CheckpointError,
     ChecksumError,
@@ -21,6 +20,7 @@ from samlib.errors import (
     UnknownModelError,
     UnsafeCheckpointError,
 )
+from samlib.models.arch import VIT_B, VIT_TINY, build_sam, detect_config
 
 # A tiny config whose decoder head count (8) is what detection assumes for plain state
 # dicts, so files without a stored config load back to the same architecture.
@@ -286,7 +286,7 @@ def test_published_hash_mismatch_refused(cache, monkeypatch, tiny8):
 
 
 def test_package_file_entry(tmp_path, monkeypatch, tiny_sam):
-    monkeypatch.setattr(models, "_PACKAGE_DIR", tmp_path)
+    monkeypatch.setattr("samlib.models.loading._PACKAGE_DIR", tmp_path)
     models.save_checkpoint(tiny_sam, tmp_path / "weights" / "demo.pt", VIT_TINY)
     entry = models.ModelEntry(
         name="demo_test",
@@ -336,8 +336,8 @@ def test_pick_device_prefers_cuda(monkeypatch):
 
 
 def test_suggested_params_by_name_and_by_loaded_model(tiny_checkpoint):
-    from samlib.genparams import GeneratorParams
-    from samlib.models import load_model, suggested_params
+    from samlib.everything.params import GeneratorParams
+    from samlib.models.loading import load_model, suggested_params
 
     assert suggested_params("vit_b") == {}  # SAM: its own defaults
     assert suggested_params("no such model") == {}
@@ -353,9 +353,9 @@ def test_registry_mask_threshold_reaches_the_loaded_model(tiny_checkpoint, monke
     import numpy as np
     from scipy import ndimage as ndi
 
-    from samlib.embeddings import compute_embedding
-    from samlib.models import REGISTRY, load_model
-    from samlib.prompts import predict
+    from samlib.models.embeddings import compute_embedding
+    from samlib.models.loading import REGISTRY, load_model
+    from samlib.prompts.prompting import predict
 
     assert REGISTRY["vit_b"].mask_threshold == 0.0  # SAM's own
     # the bundled weights under an entry that cuts its masks at logit 1.5

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from samlib import overlay
 from samlib.errors import ParameterError
-from samlib.masks import rle_encode
+from samlib.outputs import overlay
+from samlib.records.masks import rle_encode
 
 SHAPE = (60, 80)
 

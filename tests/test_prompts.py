@@ -10,10 +10,10 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
-from samlib.arch import VIT_TINY, build_sam
-from samlib.embeddings import Embedding, compute_embedding
 from samlib.errors import PromptError
-from samlib.prompts import clip_masks_to_box, predict, upscale_logits
+from samlib.models.arch import VIT_TINY, build_sam
+from samlib.models.embeddings import Embedding, compute_embedding
+from samlib.prompts.prompting import clip_masks_to_box, predict, upscale_logits
 
 H, W = 90, 130
 

@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 import tifffile
 
-from samlib.display import to_rgb8
+from samlib.datasets.samples import (
+    DATA_DIR,
+    list_samples,
+    load_sample,
+    sample_info,
+    synthetic_stack,
+)
 from samlib.errors import ParameterError
-from samlib.samples import DATA_DIR, list_samples, load_sample, sample_info, synthetic_stack
+from samlib.image.display import to_rgb8
 
 SHARED = Path("/work/shared/data/dsb2018_nuclei")
 

@@ -7,8 +7,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
-from samlib.errors import ParameterError
-from samlib.synth import (
+from samlib.datasets.synth import (
     KINDS,
     NucleiDataset,
     SynthDataset,
@@ -16,6 +15,7 @@ from samlib.synth import (
     nuclei_image,
     synth_image,
 )
+from samlib.errors import ParameterError
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -179,7 +179,7 @@ def test_nuclei_dataset_items_follow_seeds():
     np.testing.assert_array_equal(img, ref_img)
     np.testing.assert_array_equal(lab, ref_lab)
     assert ds.describe() == {
-        "generator": "samlib.synth.nuclei_image",
+        "generator": "samlib.datasets.synth.nuclei_image",
         "length": 4,
         "seed": 50,
         "frame": 256,

@@ -10,14 +10,14 @@ import torch
 from segment_anything import SamPredictor
 from torch.nn import functional as F
 
-from samlib.arch import ENCODERS, SamConfig, build_sam
-from samlib.benchmark_model import evaluate_model, object_prompts, prompt_ious
-from samlib.display import to_rgb8
+from samlib.datasets.synth import nuclei_image, synth_image
 from samlib.errors import ParameterError
-from samlib.small_encoder import SMALL_CNN
-from samlib.synth import nuclei_image, synth_image
-from samlib.train import TrainParams, train
-from samlib.train_prompts import (
+from samlib.evaluation.benchmark import evaluate_model, object_prompts, prompt_ious
+from samlib.image.display import to_rgb8
+from samlib.models.arch import ENCODERS, SamConfig, build_sam
+from samlib.models.small_encoder import SMALL_CNN
+from samlib.training.loop import TrainParams, train
+from samlib.training.prompts import (
     correction_points,
     dice_loss,
     focal_loss,
@@ -27,7 +27,7 @@ from samlib.train_prompts import (
     sam_loss,
     sample_points,
 )
-from samlib.train_step import choose_instances
+from samlib.training.step import choose_instances
 from tests.conftest import make_disks
 
 # A CNN-encoder SAM small enough to train for a few steps in a second or two.
@@ -195,7 +195,7 @@ def test_sam_loss_adds_cross_entropy_when_asked():
 
 
 def test_short_training_learns_and_writes_a_loadable_checkpoint(tiny_cnn, tmp_path):
-    from samlib.models import load_model
+    from samlib.models.loading import load_model
 
     torch.manual_seed(0)
     params = TrainParams(epochs=5, steps_per_epoch=6, lr=3e-3, warmup_steps=2, n_prompts=6)
@@ -231,7 +231,7 @@ def _improving_validation(monkeypatch):
         v = next(calls) / 1000
         return {"point_iou": v, "box_iou": v, "val_iou": v}
 
-    monkeypatch.setattr("samlib.train.validate", fake)
+    monkeypatch.setattr("samlib.training.loop.validate", fake)
 
 
 def test_frozen_encoder_is_untouched(tiny_cnn, tmp_path, monkeypatch):
@@ -290,13 +290,13 @@ def test_object_prompts_find_centres_and_tight_boxes():
 
 @pytest.fixture(scope="module")
 def bundled():
-    from samlib.models import load_model
+    from samlib.models.loading import load_model
 
     return load_model("small_cnn", device="cpu")
 
 
 def test_bundled_model_is_registered_as_a_demo_model():
-    from samlib.models import REGISTRY, checkpoint_path
+    from samlib.models.loading import REGISTRY, checkpoint_path
 
     entry = REGISTRY["small_cnn"]
     assert entry.package_file and entry.url is None
@@ -344,7 +344,7 @@ def test_bundled_model_runs_everything_and_evaluation(bundled):
 
 
 def test_grow_boxes_widens_within_the_image():
-    from samlib.benchmark_model import grow_boxes
+    from samlib.evaluation.benchmark import grow_boxes
 
     boxes = np.array([[0, 5, 10, 20], [50, 60, 95, 79]], np.float32)
     assert grow_boxes(boxes, 3, (80, 96)).tolist() == [[0, 2, 13, 23], [47, 57, 95, 79]]
@@ -361,8 +361,8 @@ def test_tiled_evaluation_of_an_image_that_fits_one_window_is_the_plain_one(bund
 
 def test_tiled_prompt_ious_score_whole_objects_across_tiles(bundled):
     """The window-frame IoU equals the IoU of the full-image mask, on every tile."""
-    from samlib.benchmark_model import _window_iou
-    from samlib.tiled_prompts import TiledEmbeddings, predict_tiled
+    from samlib.evaluation.benchmark import _window_iou
+    from samlib.tiling.prompts import TiledEmbeddings, predict_tiled
 
     img, lab = synth_image(8, (400, 400), kind="fluorescence", n_objects=30, radius=(6, 10))
     rgb8 = to_rgb8(img)
@@ -398,7 +398,7 @@ def test_tiled_prompt_ious_score_whole_objects_across_tiles(bundled):
 def test_evaluate_model_command_line_checks_tiling_options(tmp_path, capsys):
     import tifffile
 
-    from samlib.benchmark_model import main
+    from samlib.evaluation.benchmark import main
 
     img, lab = synth_image(9, (64, 64), kind="fluorescence", n_objects=3, radius=(6, 8))
     tifffile.imwrite(tmp_path / "im.tif", img)
@@ -410,7 +410,7 @@ def test_evaluate_model_command_line_checks_tiling_options(tmp_path, capsys):
 def test_evaluate_model_command_line_prints_the_figures(tmp_path, capsys):
     import tifffile
 
-    from samlib.benchmark_model import main
+    from samlib.evaluation.benchmark import main
 
     img, lab = synth_image(9, (64, 64), kind="fluorescence", n_objects=3, radius=(6, 8))
     tifffile.imwrite(tmp_path / "im.tif", img)
@@ -429,8 +429,8 @@ def test_evaluate_model_command_line_prints_the_figures(tmp_path, capsys):
 def test_train_command_line_fine_tunes_a_checkpoint(tiny_cnn, tmp_path, capsys):
     import tifffile
 
-    from samlib.models import save_checkpoint
-    from samlib.train import main
+    from samlib.models.loading import save_checkpoint
+    from samlib.training.loop import main
 
     base = save_checkpoint(tiny_cnn, tmp_path / "base.pt", TINY_CNN)
     args = ["--model", str(base), "--out", str(tmp_path / "tuned.pt"), "--epochs", "1"]
@@ -449,8 +449,8 @@ def test_train_command_line_fine_tunes_a_checkpoint(tiny_cnn, tmp_path, capsys):
 def test_train_command_line_needs_validation_data(tiny_cnn, tmp_path, capsys):
     import tifffile
 
-    from samlib.models import save_checkpoint
-    from samlib.train import main
+    from samlib.models.loading import save_checkpoint
+    from samlib.training.loop import main
 
     base = save_checkpoint(tiny_cnn, tmp_path / "base.pt", TINY_CNN)
     img, lab = _pairs(1)[0]

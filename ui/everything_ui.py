@@ -8,10 +8,10 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from samlib.everything_run import EverythingRun, FilteredRun, area_filter, refilter_run
-from samlib.genparams import OUTPUT_MODES, PARAM_HELP, GeneratorParams
-from samlib.models import suggested_params
-from samlib.session import WorkImage
+from samlib.app.everything_run import EverythingRun, FilteredRun, area_filter, refilter_run
+from samlib.app.session import WorkImage
+from samlib.everything.params import OUTPUT_MODES, PARAM_HELP, GeneratorParams
+from samlib.models.loading import suggested_params
 from ui import state
 
 DEFAULTS = GeneratorParams()

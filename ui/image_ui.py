@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from samlib import samples
-from samlib.image import MicroscopyImage
-from samlib.io import read_image
-from samlib.session import MAX_PROJECTION, DisplaySettings, WorkImage, prepare_image
+from samlib.app.session import MAX_PROJECTION, DisplaySettings, WorkImage, prepare_image
+from samlib.datasets import samples
+from samlib.image.io import read_image
+from samlib.image.microscopy import MicroscopyImage
 from ui import state
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from samlib.models import REGISTRY, cache_dir, download_model, model_status, pick_device
+from samlib.models.loading import REGISTRY, cache_dir, download_model, model_status, pick_device
 from ui import state
 
 CUSTOM = "Custom checkpoint file..."

@@ -7,8 +7,8 @@ import streamlit as st
 from PIL import Image
 from streamlit_drawable_canvas import st_canvas
 
-from samlib import coords, overlay
-from samlib.canvas import (
+from samlib import coords
+from samlib.app.canvas import (
     BACKGROUND_COLOR,
     BOX_COLOR,
     FOREGROUND_COLOR,
@@ -16,7 +16,8 @@ from samlib.canvas import (
     merge_prompts,
     prompts_from_canvas,
 )
-from samlib.session import WorkImage
+from samlib.app.session import WorkImage
+from samlib.outputs import overlay
 from ui import state
 
 TOOLS = {

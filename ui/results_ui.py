@@ -10,9 +10,9 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from samlib import measure, overlay
-from samlib.results import EXPORTS, export_makers, provenance, record_rows
-from samlib.session import WorkImage
+from samlib.app.results import EXPORTS, export_makers, provenance, record_rows
+from samlib.app.session import WorkImage
+from samlib.outputs import measure, overlay
 from ui import state
 
 LAYERS = ["masks", "outlines", "boxes", "grid points"]
@@ -191,8 +191,8 @@ def results_tabs_ui(
 
 def evaluation_ui(work: WorkImage, records: Sequence[Mapping[str, Any]]) -> None:
     """Precision, recall, F1 and DSB average precision against the sample's reference."""
-    from samlib import evaluate
-    from samlib.masks import labels_from_records
+    from samlib.evaluation import metrics as evaluate
+    from samlib.records.masks import labels_from_records
 
     def compute():
         pred = labels_from_records(records, shape=work.rgb8.shape[:2])

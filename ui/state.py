@@ -18,9 +18,9 @@ from typing import Any
 import streamlit as st
 
 from samlib import errors
-from samlib.embeddings import Embedding, EmbeddingCache, embedding_key
-from samlib.models import cache_dir, default_model_name, load_model, pick_device
-from samlib.session import WorkImage, estimate_encode_seconds
+from samlib.app.session import WorkImage, estimate_encode_seconds
+from samlib.models.embeddings import Embedding, EmbeddingCache, embedding_key
+from samlib.models.loading import cache_dir, default_model_name, load_model, pick_device
 
 # Session-state keys (one place, so pages and tests agree on them).
 IMAGE = "work_image"  # WorkImage the pages work on
@@ -115,7 +115,7 @@ def require_image() -> WorkImage:
 
 
 def model_name() -> str:
-    """The model this session uses (default: ``samlib.models.default_model_name()``)."""
+    """The model this session uses (default: ``samlib.models.loading.default_model_name()``)."""
     if MODEL not in st.session_state:
         st.session_state[MODEL] = default_model_name()
     return st.session_state[MODEL]
@@ -131,7 +131,7 @@ def _stamp(name_or_path: str) -> tuple[str, float]:
 def _load(name_or_path: str, device: str, stamp: tuple[str, float]) -> Any:
     # Shared by all sessions: the Sam is only ever read (no predictor state is kept on it).
     model = load_model(name_or_path, device)
-    from samlib.accel import accelerate
+    from samlib.models.accel import accelerate
 
     accelerate(model)  # fused attention (and bfloat16 on GPUs when faithful); same weights
     return model

@@ -1,0 +1,156 @@
+"""Turn any microscopy image into the HWC uint8 RGB that SAM takes.
+
+One function, :func:`to_rgb8`, with every choice explicit: which source channel feeds
+R, G and B, the percentile range mapped to 0..255 (per channel), a gamma, and the plane.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from samlib.errors import ParameterError
+from samlib.image.microscopy import MicroscopyImage, as_image
+
+DEFAULT_PERCENTILES = (1.0, 99.8)
+#: Gamma outside this range is almost certainly a typo (e.g. 100 instead of 1.0).
+GAMMA_RANGE = (0.05, 20.0)
+
+ChannelChoice = int | None
+
+
+def default_channels(n_channels: int) -> tuple[ChannelChoice, ChannelChoice, ChannelChoice]:
+    """Return the default source channel for R, G, B (``None`` = black).
+
+    One channel is replicated to grey, two become red and green, three or more use the
+    first three.
+    """
+    if n_channels == 1:
+        return 0, 0, 0
+    if n_channels == 2:
+        return 0, 1, None
+    return 0, 1, 2
+
+
+def _check_channels(channels, n_channels: int) -> tuple[ChannelChoice, ...]:
+    if channels is None:
+        return default_channels(n_channels)
+    if isinstance(channels, int | np.integer) and not isinstance(channels, bool):
+        channels = (channels, channels, channels)
+    if isinstance(channels, str) or not isinstance(channels, Sequence) or len(channels) != 3:
+        raise ParameterError(
+            f"channels must be None, one channel index, or 3 entries (R, G, B), got {channels!r}"
+        )
+    out = []
+    for c in channels:
+        if c is None:
+            out.append(None)
+            continue
+        if isinstance(c, bool) or not isinstance(c, int | np.integer):
+            raise ParameterError(f"channel entries must be integers or None, got {c!r}")
+        if not -n_channels <= c < n_channels:
+            raise ParameterError(
+                f"channel {c} out of range for an image with {n_channels} channel(s)"
+            )
+        out.append(int(c) % n_channels)
+    return tuple(out)
+
+
+def check_percentiles(percentiles: Sequence[float]) -> tuple[float, float]:
+    """Validate a ``(low, high)`` percentile pair with ``0 <= low < high <= 100``."""
+    try:
+        lo, hi = (float(p) for p in percentiles)
+    except (TypeError, ValueError) as exc:
+        raise ParameterError(
+            f"percentiles must be two numbers (low, high), got {percentiles!r}"
+        ) from exc
+    if not (0.0 <= lo < hi <= 100.0):
+        raise ParameterError(
+            f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles!r}"
+        )
+    return lo, hi
+
+
+def channel_limits(channel: np.ndarray, percentiles: Sequence[float]) -> tuple[float, float]:
+    """Return the intensity values at the given percentiles of one channel's finite pixels.
+
+    NaN and +-inf are ignored; a channel without finite pixels gives ``(0.0, 0.0)``.
+    """
+    lo, hi = check_percentiles(percentiles)
+    values = channel[np.isfinite(channel)] if channel.dtype.kind == "f" else channel.ravel()
+    if values.size == 0:
+        return 0.0, 0.0
+    vmin, vmax = np.percentile(values, [lo, hi])
+    return float(vmin), float(vmax)
+
+
+def scale_to_uint8(channel: np.ndarray, vmin: float, vmax: float, gamma: float = 1.0) -> np.ndarray:
+    """Map ``[vmin, vmax]`` linearly to ``[0, 255]`` (clipped), then apply ``gamma``.
+
+    ``out = 255 * ((x - vmin) / (vmax - vmin)) ** gamma``; gamma < 1 brightens faint
+    structures. NaN maps to 0. When ``vmax <= vmin`` (a flat channel) pixels above ``vmin``
+    become 255 and the rest 0.
+    """
+    x = channel.astype(np.float32, copy=False)
+    if vmax > vmin:
+        scaled = (x - np.float32(vmin)) / np.float32(vmax - vmin)
+    else:
+        scaled = (x > vmin).astype(np.float32)
+    scaled = np.nan_to_num(scaled, nan=0.0, posinf=1.0, neginf=0.0)
+    np.clip(scaled, 0.0, 1.0, out=scaled)
+    if gamma != 1.0:
+        np.power(scaled, np.float32(gamma), out=scaled)
+    return np.rint(scaled * 255.0).astype(np.uint8)
+
+
+def to_rgb8(
+    image: MicroscopyImage | np.ndarray,
+    *,
+    channels: ChannelChoice | Sequence[ChannelChoice] | None = None,
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    gamma: float = 1.0,
+    plane: int | str = 0,
+) -> np.ndarray:
+    """Convert an image to HWC uint8 RGB for SAM, normalising each channel separately.
+
+    Parameters
+    ----------
+    image : MicroscopyImage or ndarray
+        An image from :func:`samlib.image.io.read_image`, or an array (2-D YX, or a layout that
+        :func:`samlib.image.microscopy.guess_axes` recognises, e.g. HWC RGB).
+    channels : None, int, or 3 entries of int / None
+        Source channel for the R, G and B outputs (``None`` entries stay black). ``None``
+        uses :func:`default_channels` (grey for one channel, first three otherwise); one
+        integer shows that channel in grey.
+    percentiles : (low, high)
+        Percentiles of each source channel (finite pixels only) mapped to 0 and 255.
+        ``(0, 100)`` is plain min-max scaling.
+    gamma : float
+        Exponent applied after scaling, within ``GAMMA_RANGE``; < 1 brightens.
+    plane : int or "max"
+        Plane to show, or the maximum projection over all planes.
+
+    Returns
+    -------
+    ndarray, shape (H, W, 3), uint8
+        C-contiguous RGB image.
+    """
+    img = image if isinstance(image, MicroscopyImage) else as_image(image)
+    chosen = _check_channels(channels, img.n_channels)
+    check_percentiles(percentiles)
+    if isinstance(gamma, bool) or not isinstance(gamma, int | float | np.floating | np.integer):
+        raise ParameterError(f"gamma must be a number, got {gamma!r}")
+    if not (np.isfinite(gamma) and GAMMA_RANGE[0] <= gamma <= GAMMA_RANGE[1]):
+        raise ParameterError(f"gamma must be within {GAMMA_RANGE}, got {gamma!r}")
+    data = img.plane(plane)
+    out = np.zeros((img.height, img.width, 3), dtype=np.uint8)
+    done: dict[int, np.ndarray] = {}
+    for k, c in enumerate(chosen):
+        if c is None:
+            continue
+        if c not in done:
+            vmin, vmax = channel_limits(data[..., c], percentiles)
+            done[c] = scale_to_uint8(data[..., c], vmin, vmax, float(gamma))
+        out[..., k] = done[c]
+    return out

@@ -1,0 +1,40 @@
+"""What a result is saved as.
+
+Label images, COCO RLE, CSV measurements, ImageJ ROIs, overlays, provenance.
+
+May import: samlib.errors, samlib.coords, samlib.records, samlib.image.
+"""
+
+from __future__ import annotations
+
+from samlib.outputs.export import (
+    FILE_NAMES,
+    coco_dict,
+    export_all,
+    label_image,
+    label_png_bytes,
+    label_tiff_bytes,
+    mask_pngs_zip_bytes,
+    provenance,
+    roi_zip_bytes,
+    write_exports,
+)
+from samlib.outputs.measure import measure_labels, measure_masks, measure_records
+from samlib.outputs.roi import mask_contour_xy
+
+__all__ = [
+    "FILE_NAMES",
+    "coco_dict",
+    "export_all",
+    "label_image",
+    "label_png_bytes",
+    "label_tiff_bytes",
+    "mask_pngs_zip_bytes",
+    "provenance",
+    "roi_zip_bytes",
+    "write_exports",
+    "measure_labels",
+    "measure_masks",
+    "measure_records",
+    "mask_contour_xy",
+]

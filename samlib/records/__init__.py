@@ -1,0 +1,50 @@
+"""Mask records.
+
+Boolean masks, run-length encodings, label images, and the cheap filters on records.
+
+May import: samlib.errors, samlib.coords.
+"""
+
+from __future__ import annotations
+
+from samlib.records.filters import (
+    area_keep,
+    area_range,
+    filter_records,
+    px_to_um2,
+    record_areas,
+    um2_to_px,
+    whole_image_outliers,
+)
+from samlib.records.masks import (
+    bbox_slices,
+    labels_from_masks,
+    labels_from_records,
+    masks_from_labels,
+    masks_of,
+    record_mask,
+    record_shape,
+    rle_decode,
+    rle_encode,
+)
+from samlib.records.rle import encode
+
+__all__ = [
+    "area_keep",
+    "area_range",
+    "filter_records",
+    "px_to_um2",
+    "record_areas",
+    "um2_to_px",
+    "whole_image_outliers",
+    "bbox_slices",
+    "labels_from_masks",
+    "labels_from_records",
+    "masks_from_labels",
+    "masks_of",
+    "record_mask",
+    "record_shape",
+    "rle_decode",
+    "rle_encode",
+    "encode",
+]
