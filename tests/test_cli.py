@@ -22,7 +22,7 @@ from samlib.models import embeddings
 from samlib.models.arch import VIT_B
 from samlib.models.embeddings import compute_embedding
 from samlib.prompts.prompting import predict
-from samlib.records.masks import rle_decode
+from samlib.records.rle import decode_coco
 from tests.conftest import make_disks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def test_prompt_writes_the_predicted_masks(scene, capsys, tiny_sam, tiny_checkpo
     emb = compute_embedding(tiny_sam, rgb)
     expected = predict(tiny_sam, emb, clip_to_box=True, **prompts).best_masks
     coco = json.loads((out_dir / "masks.json").read_text())
-    got = [rle_decode(a["segmentation"]).astype(bool) for a in coco["annotations"]]
+    got = [decode_coco(a["segmentation"]).astype(bool) for a in coco["annotations"]]
     assert len(got) == 2 and all(np.array_equal(g, e) for g, e in zip(got, expected, strict=True))
     argv = ["prompt", scene / "img.tif", "--model", tiny_checkpoint]
     for p in ("40,30", "90,60,0"):
@@ -99,7 +99,7 @@ def test_prompt_writes_the_predicted_masks(scene, capsys, tiny_sam, tiny_checkpo
     code, _, err = _run(capsys, *argv, "--no-clip-to-box", "--out", scene / "unclipped")
     assert code == 0, err
     coco = json.loads((scene / "unclipped" / "masks.json").read_text())
-    raw = [rle_decode(a["segmentation"]).astype(bool) for a in coco["annotations"]]
+    raw = [decode_coco(a["segmentation"]).astype(bool) for a in coco["annotations"]]
     unclipped = predict(tiny_sam, emb, **prompts).best_masks
     assert all(np.array_equal(g, e) for g, e in zip(raw, unclipped, strict=True))
     assert any((r & ~g).any() for r, g in zip(raw, got, strict=True))  # the clip did something

@@ -29,7 +29,8 @@ from samlib.outputs.export import (
     write_exports,
 )
 from samlib.outputs.roi import mask_contour_xy
-from samlib.records.masks import labels_from_masks, labels_from_records, rle_decode, rle_encode
+from samlib.records.masks import labels_from_masks, labels_from_records
+from samlib.records.rle import decode_coco, encode_coco
 
 SHAPE = (90, 110)
 DISKS = [(30, 35, 20), (40, 45, 8), (70, 90, 12)]  # the second lies on the first
@@ -47,7 +48,7 @@ def _records(rle=False):
         m = _mask(*d)
         out.append(
             {
-                "segmentation": rle_encode(m) if rle else m,
+                "segmentation": encode_coco(m) if rle else m,
                 "area": int(m.sum()),
                 "bbox": [d[1] - d[2] + 1, d[0] - d[2] + 1, 2 * d[2] - 2, 2 * d[2] - 2],
                 "predicted_iou": 0.9 - 0.1 * i,
@@ -124,7 +125,7 @@ def test_uncompressed_rle_accepted():
     edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     runs = np.diff(np.concatenate([[0], edges, [flat.size]]))
     counts = ([0] if flat[0] else []) + runs.tolist()  # runs start with background
-    np.testing.assert_array_equal(rle_decode({"size": list(SHAPE), "counts": counts}), m)
+    np.testing.assert_array_equal(decode_coco({"size": list(SHAPE), "counts": counts}), m)
 
 
 def test_roi_zip_matches_disks(tmp_path):

@@ -15,7 +15,7 @@ from samlib.records.filters import (
     um2_to_px,
     whole_image_outliers,
 )
-from samlib.records.masks import rle_encode
+from samlib.records.rle import encode_coco
 
 SHAPE = (100, 120)
 
@@ -24,7 +24,7 @@ def _record(mask: np.ndarray, rle: bool = False) -> dict:
     rows, cols = np.nonzero(mask)
     x0, y0 = int(cols.min()), int(rows.min())
     return {
-        "segmentation": rle_encode(mask) if rle else mask,
+        "segmentation": encode_coco(mask) if rle else mask,
         "area": int(mask.sum()),
         # SAM's convention: XYWH with w = max_col - min_col
         "bbox": [x0, y0, int(cols.max()) - x0, int(rows.max()) - y0],

@@ -12,25 +12,24 @@ from samlib.records.masks import (
     masks_of,
     record_mask,
     record_shape,
-    rle_decode,
-    rle_encode,
 )
+from samlib.records.rle import decode_coco, encode_coco
 
 
 def test_rle_round_trip_and_json_safe_counts():
     rng = np.random.default_rng(0)
     m = rng.random((23, 31)) > 0.6
-    rle = rle_encode(m)
+    rle = encode_coco(m)
     assert rle["size"] == [23, 31] and isinstance(rle["counts"], str)
-    np.testing.assert_array_equal(rle_decode(rle), m)
+    np.testing.assert_array_equal(decode_coco(rle), m)
     as_bytes = {"size": rle["size"], "counts": rle["counts"].encode()}
-    np.testing.assert_array_equal(rle_decode(as_bytes), m)
+    np.testing.assert_array_equal(decode_coco(as_bytes), m)
 
 
 def test_records_bool_and_rle_agree():
     m = np.zeros((8, 9), bool)
     m[2:5, 3:7] = True
-    a, b = {"segmentation": m}, {"segmentation": rle_encode(m)}
+    a, b = {"segmentation": m}, {"segmentation": encode_coco(m)}
     np.testing.assert_array_equal(record_mask(a), record_mask(b))
     assert record_shape(a) == record_shape(b) == (8, 9)
     assert len(masks_of([a, b])) == 2 and len(masks_of(np.stack([m, m, m]))) == 3
@@ -42,9 +41,9 @@ def test_bad_masks_refused():
     with pytest.raises(ParameterError):
         record_mask({"area": 3})
     with pytest.raises(ParameterError, match="sum"):
-        rle_decode({"size": [2, 2], "counts": [1, 1]})
+        decode_coco({"size": [2, 2], "counts": [1, 1]})
     with pytest.raises(ParameterError):
-        rle_decode({"counts": "abc"})
+        decode_coco({"counts": "abc"})
 
 
 def test_labels_and_back():

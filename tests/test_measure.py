@@ -8,7 +8,7 @@ from skimage.draw import disk
 
 from samlib.image.microscopy import as_image
 from samlib.outputs.measure import measure_labels, measure_masks, measure_records
-from samlib.records.masks import rle_encode
+from samlib.records.rle import encode_coco
 
 SHAPE = (80, 100)
 DISKS = [(20, 30, 8), (50, 70, 12)]  # row, col, radius
@@ -59,7 +59,7 @@ def test_records_with_rle_and_scores():
     masks = _masks()
     records = [
         {
-            "segmentation": rle_encode(m),
+            "segmentation": encode_coco(m),
             "area": int(m.sum()),
             "predicted_iou": s,
             "stability_score": s / 2,

@@ -8,7 +8,7 @@ from skimage.draw import disk
 
 from samlib.errors import ParameterError
 from samlib.outputs import overlay
-from samlib.records.masks import rle_encode
+from samlib.records.rle import encode_coco
 
 SHAPE = (60, 80)
 
@@ -39,7 +39,7 @@ def test_color_masks_changes_only_mask_pixels(rgb):
 
 def test_records_with_rle_work(rgb):
     m = _mask(30, 40, 10)
-    records = [{"segmentation": rle_encode(m), "area": int(m.sum()), "bbox": [31, 21, 18, 18]}]
+    records = [{"segmentation": encode_coco(m), "area": int(m.sum()), "bbox": [31, 21, 18, 18]}]
     out = overlay.render(rgb, records, masks=True, outlines=False, boxes=False)
     np.testing.assert_array_equal(np.any(out != rgb, axis=2), m)
 

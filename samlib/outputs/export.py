@@ -27,7 +27,8 @@ from PIL import Image
 from samlib.errors import ParameterError
 from samlib.image.microscopy import MicroscopyImage, as_image
 from samlib.outputs.roi import roi_zip_bytes
-from samlib.records.masks import labels_from_records, masks_of, record_shape, rle_encode
+from samlib.records.masks import labels_from_records, masks_of, record_shape
+from samlib.records.rle import encode_coco
 
 __all__ = [
     "coco_json_bytes",
@@ -146,11 +147,11 @@ def coco_dict(
     annotations = []
     for i, r in enumerate(records, start=1):
         seg = r["segmentation"]
-        rle = dict(seg) if isinstance(seg, Mapping) else rle_encode(np.asarray(seg))
+        rle = dict(seg) if isinstance(seg, Mapping) else encode_coco(np.asarray(seg))
         if isinstance(rle.get("counts"), bytes):
             rle["counts"] = rle["counts"].decode("ascii")
         elif isinstance(rle.get("counts"), list):  # uncompressed RLE: compress it
-            rle = rle_encode(masks_of([r])[0])
+            rle = encode_coco(masks_of([r])[0])
         ann = {
             "id": i,
             "image_id": 1,

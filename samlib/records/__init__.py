@@ -24,10 +24,8 @@ from samlib.records.masks import (
     masks_of,
     record_mask,
     record_shape,
-    rle_decode,
-    rle_encode,
 )
-from samlib.records.rle import encode
+from samlib.records.rle import decode_coco, encode_coco
 
 __all__ = [
     "area_keep",
@@ -44,7 +42,6 @@ __all__ = [
     "masks_of",
     "record_mask",
     "record_shape",
-    "rle_decode",
-    "rle_encode",
-    "encode",
+    "decode_coco",
+    "encode_coco",
 ]

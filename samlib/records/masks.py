@@ -8,49 +8,15 @@ segment_anything's uncompressed RLE (``counts`` a list of ints, column-major).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from samlib.errors import ParameterError
+from samlib.records.rle import decode_coco
 
 Record = Mapping[str, Any]
-
-
-def rle_encode(mask: np.ndarray) -> dict[str, Any]:
-    """Encode an ``(H, W)`` bool mask as COCO RLE with ``counts`` as a str (JSON-safe)."""
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ParameterError(f"a mask must be 2-D (H, W), got shape {mask.shape}")
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def rle_decode(rle: Mapping[str, Any]) -> np.ndarray:
-    """Decode COCO RLE (compressed or uncompressed counts) to an ``(H, W)`` bool mask."""
-    try:
-        h, w = (int(s) for s in rle["size"])
-        counts = rle["counts"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ParameterError(
-            f"not a COCO RLE dict (needs size [H, W] and counts): {rle!r:.80}"
-        ) from exc
-    if isinstance(counts, list | tuple | np.ndarray):
-        if int(np.sum(counts)) != h * w:
-            raise ParameterError(f"RLE counts sum to {int(np.sum(counts))}, expected {h}*{w}")
-        compressed = mask_utils.frPyObjects({"size": [h, w], "counts": list(counts)}, h, w)
-    else:
-        compressed = {
-            "size": [h, w],
-            "counts": counts.encode() if isinstance(counts, str) else counts,
-        }
-    with warnings.catch_warnings():
-        # pycocotools' Cython decoder predates NumPy 2's __array__ copy keyword; harmless.
-        warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
-        return mask_utils.decode(compressed).astype(bool)
 
 
 def record_mask(record: Record) -> np.ndarray:
@@ -60,7 +26,7 @@ def record_mask(record: Record) -> np.ndarray:
     except (KeyError, TypeError) as exc:
         raise ParameterError("a mask record needs a 'segmentation' entry") from exc
     if isinstance(seg, Mapping):
-        return rle_decode(seg)
+        return decode_coco(seg)
     seg = np.asarray(seg)
     if seg.ndim != 2:
         raise ParameterError(f"segmentation must be 2-D (H, W), got shape {seg.shape}")
