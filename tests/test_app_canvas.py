@@ -6,10 +6,10 @@ import pytest
 from samlib.app.canvas import (
     BACKGROUND_COLOR,
     FOREGROUND_COLOR,
-    CanvasPrompts,
     merge_prompts,
     prompts_from_canvas,
 )
+from samlib.prompts.objects import PromptSet
 
 
 def point_object(x, y, color, radius=4, stroke=2):
@@ -93,8 +93,8 @@ def test_points_outside_the_canvas_are_clipped_to_the_image():
 
 
 def test_merge_and_rows():
-    a = CanvasPrompts(np.array([[1.0, 2.0]]), np.array([1]), np.zeros((0, 4)))
-    b = CanvasPrompts(np.array([[3.0, 4.0]]), np.array([0]), np.array([[0.0, 0, 5, 5]]))
+    a = PromptSet(np.array([[1.0, 2.0]]), np.array([1]), np.zeros((0, 4)))
+    b = PromptSet(np.array([[3.0, 4.0]]), np.array([0]), np.array([[0.0, 0, 5, 5]]))
     m = merge_prompts(a, b)
     assert m.labels.tolist() == [1, 0] and m.boxes.shape == (1, 4)
     assert [r["prompt"] for r in m.as_rows()] == ["foreground point", "background point", "box"]

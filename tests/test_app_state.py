@@ -11,14 +11,19 @@ import pytest
 import tifffile
 from skimage.draw import disk
 
-from samlib.app.canvas import CanvasPrompts
 from samlib.app.everything_run import area_filter, refilter_run, run_everything
 from samlib.app.results import EXPORTS, export_makers, provenance, record_rows
 from samlib.app.session import DisplaySettings, estimate_encode_seconds, prepare_image
 from samlib.errors import ParameterError
 from samlib.image.microscopy import as_image
 from samlib.models.embeddings import compute_embedding
-from samlib.prompts.objects import PromptedObject, mask_contains, predict_candidates, records_of
+from samlib.prompts.objects import (
+    PromptedObject,
+    PromptSet,
+    mask_contains,
+    predict_candidates,
+    records_of,
+)
 from tests.conftest import make_disks
 
 pytestmark = pytest.mark.filterwarnings(
@@ -82,13 +87,13 @@ def test_predict_candidates_points_and_several_boxes(tiny_sam):
     img, _ = make_disks()
     work = prepare_image(as_image(img))
     emb = compute_embedding(tiny_sam, work.rgb8)
-    pts = CanvasPrompts(np.array([[40.0, 30.0]]), np.array([1]))
+    pts = PromptSet(np.array([[40.0, 30.0]]), np.array([1]))
     res = predict_candidates(tiny_sam, emb, pts, multimask=True)
     assert res.masks.shape == (1, 3, 96, 128) and res.scores.shape == (1, 3)
     assert np.all((res.stability >= 0) & (res.stability <= 1))
     single = predict_candidates(tiny_sam, emb, pts, multimask=False)
     assert single.masks.shape == (1, 1, 96, 128)
-    boxes = CanvasPrompts(boxes=np.array([[10.0, 10, 60, 50], [70, 30, 120, 90]]))
+    boxes = PromptSet(boxes=np.array([[10.0, 10, 60, 50], [70, 30, 120, 90]]))
     res = predict_candidates(tiny_sam, emb, boxes, multimask=True)
     assert res.masks.shape[0] == 2 and res.best_masks().shape == (2, 96, 128)
     raw = predict_candidates(tiny_sam, emb, boxes, multimask=True, clip_to_box=False)

@@ -28,13 +28,12 @@ import tifffile
 import torch
 
 from samlib import coords
-from samlib.app.canvas import CanvasPrompts
 from samlib.app.session import prepare_image
 from samlib.datasets.samples import load_sample
 from samlib.models.arch import VIT_TINY, build_sam
 from samlib.models.embeddings import compute_embedding
 from samlib.models.loading import load_model, save_checkpoint, suggested_params
-from samlib.prompts.objects import predict_candidates
+from samlib.prompts.objects import PromptSet, predict_candidates
 
 pytestmark = [
     pytest.mark.browser,
@@ -401,7 +400,7 @@ def find_point_inside_a_candidate(model, emb, work):
     candidates = []
     for x, y in grid:
         res = predict_candidates(
-            model, emb, CanvasPrompts(np.array([[x, y]]), np.array([1])), multimask=True
+            model, emb, PromptSet(np.array([[x, y]]), np.array([1])), multimask=True
         )
         candidates.append(((x, y), res.masks[0]))
     for largest in (0.05, 0.9):

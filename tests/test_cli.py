@@ -21,6 +21,7 @@ from samlib.image.io import read_image, to_rgb8
 from samlib.models import embeddings
 from samlib.models.arch import VIT_B
 from samlib.models.embeddings import compute_embedding
+from samlib.prompts.objects import PromptSet, predict_candidates, records_of
 from samlib.prompts.prompting import predict
 from samlib.records.rle import decode_coco
 from tests.conftest import make_disks
@@ -112,6 +113,33 @@ def test_prompt_writes_the_predicted_masks(scene, capsys, tiny_sam, tiny_checkpo
     assert params["parameters"]["boxes"][1] == [70, 40, 110, 80]
     labels = tifffile.imread(out_dir / "labels.tif")
     assert labels.shape == (96, 128) and set(np.unique(labels)) <= {0, 1, 2}
+
+
+def test_prompt_records_equal_the_apps(scene, capsys, tiny_sam, tiny_checkpoint):
+    # the Prompts page keeps predict_candidates' best object per box; the CLI must give the
+    # same seven-key records for the same prompts
+    argv = ["prompt", scene / "img.tif", "--model", tiny_checkpoint, "--out", scene / "out"]
+    for p in ("40,30", "90,60,0"):
+        argv += ["--point", p]
+    for b in ("20,15,62,48", "70,40,110,80"):
+        argv += ["--box", b]
+    code, _, err = _run(capsys, *argv)
+    assert code == 0, err
+    rgb = to_rgb8(read_image(scene / "img.tif"))
+    prompts = PromptSet(
+        np.array([[40.0, 30.0], [90.0, 60.0]]),
+        np.array([1, 0]),
+        np.array([[20.0, 15, 62, 48], [70, 40, 110, 80]]),
+    )
+    emb = compute_embedding(tiny_sam, rgb)
+    app = records_of(predict_candidates(tiny_sam, emb, prompts).objects())
+    coco = json.loads((scene / "out" / "masks.json").read_text())["annotations"]
+    assert len(app) == len(coco) == 2
+    for rec, ann in zip(app, coco, strict=True):
+        assert np.array_equal(decode_coco(ann["segmentation"]), rec["segmentation"])
+        for key in ("area", "bbox", "predicted_iou", "stability_score", "crop_box"):
+            assert ann[key] == rec[key], key
+        assert ann["point_coords"] == rec["point_coords"] == [[40.0, 30.0], [90.0, 60.0]]
 
 
 def test_second_run_reuses_the_cached_embedding(scene, capsys, tiny_checkpoint, monkeypatch):

@@ -13,12 +13,12 @@ from samlib.errors import ImageError, ParameterError
 from samlib.everything.candidates import upsample_like_stock
 from samlib.everything.generate import (
     PARAM_HELP,
-    RECORD_KEYS,
     GeneratorParams,
     generate_candidates,
     refilter,
     segment_everything,
 )
+from samlib.records.build import RECORD_KEYS
 
 
 def colored_disks(shape=(96, 128), n=8, seed=0):

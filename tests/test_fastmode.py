@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from samlib.everything.fastmode import coarse_to_fine
-from samlib.everything.generate import RECORD_KEYS, segment_everything
+from samlib.everything.generate import segment_everything
+from samlib.records.build import RECORD_KEYS
 from tests.test_everything import colored_disks
 
 

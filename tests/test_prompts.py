@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from segment_anything import SamPredictor
+from segment_anything.utils.amg import calculate_stability_score
 
 from samlib.errors import PromptError
 from samlib.models.arch import VIT_TINY, build_sam
@@ -68,6 +69,25 @@ def _assert_same_up_to_rounding(res, pred, prompt, multimask, masks, scores, low
         )
         assert np.abs(logits[differ]).max() < 1e-4 * scale
         assert differ.sum() <= 2
+
+
+@pytest.mark.parametrize("name", ["points", "box+points"])
+def test_stability_on_full_resolution_logits_as_the_generator(scene, name):
+    # SamAutomaticMaskGenerator scores stability on the upscaled logits; prompted masks too
+    model, emb, pred = scene
+    prompt = PROMPTS[name]
+    pts = prompt.get("points")
+    logits, _, _ = pred.predict(
+        point_coords=np.array(pts),
+        point_labels=np.array(prompt["labels"]),
+        box=None if "boxes" not in prompt else np.array(prompt["boxes"]),
+        return_logits=True,
+    )
+    want = calculate_stability_score(torch.as_tensor(logits), model.mask_threshold, 2.0).numpy()
+    res = predict(model, emb, exact=True, stability_offset=2.0, **prompt)
+    assert res.stability.shape == (1, 3)
+    np.testing.assert_array_equal(res.stability[0], want)
+    assert predict(model, emb, exact=True, **prompt).stability is None
 
 
 @pytest.mark.parametrize("exact", [True, False], ids=["exact", "fast"])

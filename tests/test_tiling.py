@@ -12,8 +12,9 @@ from skimage.measure import label, regionprops
 
 import samlib.tiling.tiles as tiling
 from samlib.errors import ParameterError
-from samlib.everything.generate import RECORD_KEYS, segment_everything
+from samlib.everything.generate import segment_everything
 from samlib.records import rle as rlelib
+from samlib.records.build import RECORD_KEYS
 from samlib.records.masks import record_mask
 from samlib.tiling.stitch import Piece, piece_record, piece_rle, pieces_from_records, stitch_pieces
 from samlib.tiling.tiles import default_tiling, segment_everything_tiled, tile_layout

@@ -12,12 +12,12 @@ from samlib.app.canvas import (
     BACKGROUND_COLOR,
     BOX_COLOR,
     FOREGROUND_COLOR,
-    CanvasPrompts,
     merge_prompts,
     prompts_from_canvas,
 )
 from samlib.app.session import WorkImage
 from samlib.outputs import overlay
+from samlib.prompts.objects import PromptSet
 from ui import state
 
 TOOLS = {
@@ -89,7 +89,7 @@ def canvas_width_ui() -> int:
 
 def canvas_ui(
     work: WorkImage, mode: str, colour: str, generation: int, max_width: int
-) -> CanvasPrompts:
+) -> PromptSet:
     """Show the image on a drawing canvas; return the drawn prompts in image pixels."""
     image_size = work.size_xy
     canvas_size = coords.fit_width(image_size, max_width)
@@ -108,9 +108,9 @@ def canvas_ui(
     return prompts_from_canvas(result.json_data, canvas_size, image_size)
 
 
-def typed_prompts_ui(work: WorkImage) -> CanvasPrompts:
+def typed_prompts_ui(work: WorkImage) -> PromptSet:
     """Prompts typed as numbers (precise, keyboard-only); kept in session state."""
-    typed: CanvasPrompts = st.session_state.get("typed_prompts") or CanvasPrompts()
+    typed: PromptSet = st.session_state.get("typed_prompts") or PromptSet()
     width, height = work.size_xy
     with st.expander("Type prompt coordinates (image pixels)"):
         c = st.columns(3)
@@ -119,7 +119,7 @@ def typed_prompts_ui(work: WorkImage) -> CanvasPrompts:
         fg = c[2].toggle("foreground", True, key="w_typed_fg")
         b = st.columns(3)
         if b[0].button("Add point", key="typed_add_point"):
-            typed = merge_prompts(typed, CanvasPrompts(np.array([[x, y]]), np.array([int(fg)])))
+            typed = merge_prompts(typed, PromptSet(np.array([[x, y]]), np.array([int(fg)])))
         box = st.text_input("Box x0, y0, x1, y1", key="w_typed_box")
         if b[1].button("Add box", key="typed_add_box") and box:
             try:
@@ -128,15 +128,15 @@ def typed_prompts_ui(work: WorkImage) -> CanvasPrompts:
             except (ValueError, AssertionError):
                 st.error(f"A box is four numbers x0, y0, x1, y1; got {box!r}.")
             else:
-                typed = merge_prompts(typed, CanvasPrompts(boxes=np.array([vals])))
+                typed = merge_prompts(typed, PromptSet(boxes=np.array([vals])))
         if b[2].button("Forget typed prompts", key="typed_clear"):
-            typed = CanvasPrompts()
+            typed = PromptSet()
     st.session_state["typed_prompts"] = typed
     return typed
 
 
 def candidates_ui(
-    work: WorkImage, masks: np.ndarray, scores: np.ndarray, prompts: CanvasPrompts
+    work: WorkImage, masks: np.ndarray, scores: np.ndarray, prompts: PromptSet
 ) -> int:
     """Show candidate masks side by side with their predicted IoU; return the picked index."""
     cols = st.columns(len(masks))
@@ -168,7 +168,7 @@ def candidates_ui(
     )
 
 
-def objects_view(work: WorkImage, masks: np.ndarray, prompts: CanvasPrompts) -> np.ndarray:
+def objects_view(work: WorkImage, masks: np.ndarray, prompts: PromptSet) -> np.ndarray:
     """The image with the given masks coloured and the prompts drawn on top."""
     view = overlay.render(work.rgb8, list(masks), boxes=False)
     return overlay.draw_prompts(view, prompts.points, prompts.labels, prompts.boxes)

@@ -11,7 +11,6 @@ from samlib.app.canvas import (
     BACKGROUND_COLOR,
     BOX_COLOR,
     FOREGROUND_COLOR,
-    CanvasPrompts,
     merge_prompts,
     prompts_from_canvas,
 )
@@ -40,7 +39,6 @@ from samlib.app.session import (
 __all__ = [
     "BACKGROUND_COLOR",
     "BOX_COLOR",
-    "CanvasPrompts",
     "FOREGROUND_COLOR",
     "merge_prompts",
     "prompts_from_canvas",

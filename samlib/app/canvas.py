@@ -11,12 +11,12 @@ No UI code here: the Streamlit page passes the JSON in and gets arrays out.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from samlib import coords
+from samlib.prompts.objects import PromptSet
 
 #: Stroke colours the UI uses for the three tools; the label is read back from them.
 FOREGROUND_COLOR = "#00e000"
@@ -25,48 +25,6 @@ BOX_COLOR = "#00b4ff"
 
 # Where Fabric's ``left``/``top`` sit on the object, as a fraction of its size.
 _ORIGIN = {"left": 0.0, "top": 0.0, "center": 0.5, "right": 1.0, "bottom": 1.0}
-
-
-@dataclass
-class CanvasPrompts:
-    """Prompts in image pixels, ready for :func:`samlib.prompts.prompting.predict`.
-
-    Attributes
-    ----------
-    points : (N, 2) float array
-        Point prompts as ``(x, y)`` image pixels.
-    labels : (N,) int array
-        1 for a foreground point, 0 for a background point.
-    boxes : (B, 4) float array
-        Box prompts as XYXY image pixels.
-    """
-
-    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
-    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=int))
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
-
-    @property
-    def empty(self) -> bool:
-        """True when there is neither a point nor a box."""
-        return len(self.points) == 0 and len(self.boxes) == 0
-
-    def as_rows(self) -> list[dict[str, Any]]:
-        """One row per prompt (kind, x, y, x1, y1), image pixels rounded to 0.1 px, for a table."""
-        rows: list[dict[str, Any]] = []
-        for (x, y), lab in zip(self.points, self.labels, strict=True):
-            kind = "foreground point" if lab == 1 else "background point"
-            rows.append({"prompt": kind, "x": round(x, 1), "y": round(y, 1)})
-        for x0, y0, x1, y1 in self.boxes:
-            rows.append(
-                {
-                    "prompt": "box",
-                    "x": round(x0, 1),
-                    "y": round(y0, 1),
-                    "x1": round(x1, 1),
-                    "y1": round(y1, 1),
-                }
-            )
-        return rows
 
 
 def _scaled_size(obj: Mapping[str, Any]) -> tuple[float, float]:
@@ -108,7 +66,7 @@ def prompts_from_canvas(
     drawing: Mapping[str, Any] | None,
     canvas_size: tuple[int, int],
     image_size: tuple[int, int],
-) -> CanvasPrompts:
+) -> PromptSet:
     """Turn a canvas drawing into point and box prompts in image pixels.
 
     Parameters
@@ -122,7 +80,7 @@ def prompts_from_canvas(
 
     Returns
     -------
-    CanvasPrompts
+    PromptSet
         Points as (x, y) and boxes as XYXY, in image pixels.
     """
     points, labels, boxes = [], [], []
@@ -138,16 +96,16 @@ def prompts_from_canvas(
             box = coords.canvas_box_to_image(left, top, w, h, canvas_size, image_size)
             if box[2] - box[0] >= 1 and box[3] - box[1] >= 1:
                 boxes.append(box)
-    return CanvasPrompts(
+    return PromptSet(
         points=np.asarray(points, dtype=float).reshape(-1, 2),
         labels=np.asarray(labels, dtype=int),
         boxes=np.asarray(boxes, dtype=float).reshape(-1, 4),
     )
 
 
-def merge_prompts(a: CanvasPrompts, b: CanvasPrompts) -> CanvasPrompts:
+def merge_prompts(a: PromptSet, b: PromptSet) -> PromptSet:
     """Concatenate two prompt sets (e.g. canvas clicks and typed-in coordinates)."""
-    return CanvasPrompts(
+    return PromptSet(
         points=np.concatenate([a.points, b.points]),
         labels=np.concatenate([a.labels, b.labels]).astype(int),
         boxes=np.concatenate([a.boxes, b.boxes]),

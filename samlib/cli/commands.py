@@ -164,54 +164,24 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_prompt(args: argparse.Namespace) -> int:
     import numpy as np
-    from segment_anything.utils.amg import calculate_stability_score
 
-    from samlib.coords import xyxy_to_xywh
     from samlib.outputs.export import write_exports
-    from samlib.prompts.prompting import predict, upscale_logits
+    from samlib.prompts.objects import PromptSet, predict_candidates, records_of
 
     if not args.point and not args.box:
         raise PromptError("give at least one --point X,Y[,LABEL] or --box X0,Y0,X1,Y1")
     image, rgb, settings = _load_image(args)
     model = _load_model(args)
-    points = np.array([p[:2] for p in args.point]) if args.point else None
-    labels = np.array([int(p[2]) for p in args.point]) if args.point else None
-    emb = _embedding(args, model, rgb, settings)
-    res = predict(
-        model,
-        emb,
-        points=points,
-        labels=labels,
-        boxes=args.box or None,
-        multimask=not args.single,
-        clip_to_box=not args.no_clip_to_box,
+    prompts = PromptSet(
+        np.array([p[:2] for p in args.point], dtype=float).reshape(-1, 2),
+        np.array([int(p[2]) for p in args.point], dtype=int),
+        np.array(args.box, dtype=float).reshape(-1, 4),
     )
-    import torch
-
-    records = []
-    for i, best in enumerate(res.best_index):
-        mask = res.masks[i, best]
-        low = torch.from_numpy(res.low_res_logits[i, best][None, None])
-        logits = upscale_logits(model, low, emb.input_size, emb.original_size)
-        stability = float(calculate_stability_score(logits, model.mask_threshold, 1.0)[0])
-        rows, cols = np.nonzero(mask)
-        box = (
-            [int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())]
-            if rows.size
-            else [0, 0, 0, 0]
-        )
-        records.append(
-            {
-                "segmentation": mask,
-                "area": int(mask.sum()),
-                "bbox": xyxy_to_xywh(box),
-                "predicted_iou": float(res.scores[i, best]),
-                "point_coords": [list(map(float, p[:2])) for p in args.point]
-                or [[(box[0] + box[2]) / 2, (box[1] + box[3]) / 2]],
-                "stability_score": stability,
-                "crop_box": [0, 0, rgb.shape[1], rgb.shape[0]],
-            }
-        )
+    emb = _embedding(args, model, rgb, settings)
+    found = predict_candidates(
+        model, emb, prompts, multimask=not args.single, clip_to_box=not args.no_clip_to_box
+    )
+    records = records_of(found.objects())
     params = {
         "points": args.point,
         "boxes": args.box,

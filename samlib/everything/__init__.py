@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from samlib.everything.candidates import decode_candidates, upsample_like_stock
 from samlib.everything.fastmode import coarse_to_fine, fast_candidates, upsample_once
-from samlib.everything.generate import RECORD_KEYS, generate_candidates, segment_everything
+from samlib.everything.generate import generate_candidates, segment_everything
 from samlib.everything.params import OUTPUT_MODES, PARAM_HELP, GeneratorParams
 from samlib.everything.refilter import remove_small_regions
 
@@ -19,7 +19,6 @@ __all__ = [
     "coarse_to_fine",
     "fast_candidates",
     "upsample_once",
-    "RECORD_KEYS",
     "generate_candidates",
     "segment_everything",
     "GeneratorParams",

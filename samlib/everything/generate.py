@@ -39,14 +39,13 @@ from samlib.everything.candidates import (
     decode_candidates,
 )
 from samlib.everything.params import OUTPUT_MODES, PARAM_HELP, GeneratorParams
-from samlib.everything.refilter import RECORD_KEYS, refilter
+from samlib.everything.refilter import refilter
 
 __all__ = [
     "DEFAULT_IOU_FLOOR",
     "DEFAULT_STABILITY_FLOOR",
     "OUTPUT_MODES",
     "PARAM_HELP",
-    "RECORD_KEYS",
     "Candidates",
     "GeneratorParams",
     "generate_candidates",
@@ -142,9 +141,10 @@ def segment_everything(
     Returns
     -------
     list of dict
-        One record per mask with keys :data:`RECORD_KEYS`: ``segmentation`` (H x W bool,
-        or an RLE dict), ``area`` (pixels), ``bbox`` (XYWH), ``predicted_iou``,
-        ``point_coords`` ([[x, y]]), ``stability_score``, ``crop_box`` (XYWH).
+        One record per mask with keys :data:`samlib.records.build.RECORD_KEYS`:
+        ``segmentation`` (H x W bool, or an RLE dict), ``area`` (pixels), ``bbox`` (XYWH),
+        ``predicted_iou``, ``point_coords`` ([[x, y]]), ``stability_score``, ``crop_box``
+        (XYWH).
     """
     p = GeneratorParams.from_kwargs(**params)
     rgb8 = _check_rgb8(rgb8)

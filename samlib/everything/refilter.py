@@ -18,16 +18,7 @@ from samlib.errors import ParameterError
 from samlib.everything.candidates import Candidates
 from samlib.everything.params import GeneratorParams
 from samlib.records import rle as rlelib
-
-RECORD_KEYS = (
-    "segmentation",
-    "area",
-    "bbox",
-    "predicted_iou",
-    "point_coords",
-    "stability_score",
-    "crop_box",
-)
+from samlib.records.build import mask_record
 
 _REFILTER_PARAMS = (
     "pred_iou_thresh",
@@ -37,12 +28,6 @@ _REFILTER_PARAMS = (
     "min_mask_region_area",
     "output_mode",
 )
-
-
-def _xywh(box: Any) -> list:
-    """XYXY (array, tensor or list) -> [x, y, w, h] of Python numbers."""
-    x0, y0, x1, y1 = box.tolist() if hasattr(box, "tolist") else box
-    return [x0, y0, x1 - x0, y1 - y0]
 
 
 def select(cands: Candidates, params: GeneratorParams) -> tuple[np.ndarray, torch.Tensor]:
@@ -167,7 +152,7 @@ def refilter(cands: Candidates, params: GeneratorParams | None = None, **changes
     Returns
     -------
     list of dict
-        The workshop's records (keys :data:`RECORD_KEYS`), equal to a fresh
+        The workshop's records (keys :data:`samlib.records.build.RECORD_KEYS`), equal to a fresh
         ``SamAutomaticMaskGenerator`` run with these parameters.
     """
     bad = set(changes) - set(_REFILTER_PARAMS)
@@ -197,7 +182,6 @@ def _records(
     out = []
     size = cands.image_size
     boxes_np = boxes.numpy()
-    crops = [_xywh(b) for b in cands.crop_boxes]
     # Python numbers of the kept candidates at once (indexing tensors one by one is slow)
     iou = cands.iou[idx].tolist()
     stability = cands.stability[idx].tolist()
@@ -212,14 +196,14 @@ def _records(
         else:
             seg = rlelib.to_uncompressed(rle, size)
         out.append(
-            {
-                "segmentation": seg,
-                "area": rlelib.area(rle),
-                "bbox": _xywh(boxes_np[j]),
-                "predicted_iou": iou[j],
-                "point_coords": [points[j]],
-                "stability_score": stability[j],
-                "crop_box": list(crops[crop[j]]),
-            }
+            mask_record(
+                seg,
+                area=rlelib.area(rle),
+                box=boxes_np[j].tolist(),
+                predicted_iou=iou[j],
+                point_coords=[points[j]],
+                stability_score=stability[j],
+                crop_box=cands.crop_boxes[crop[j]],
+            )
         )
     return out

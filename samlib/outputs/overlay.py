@@ -19,6 +19,7 @@ from skimage.segmentation import find_boundaries
 
 from samlib import coords
 from samlib.errors import ParameterError
+from samlib.records.build import mask_box
 from samlib.records.masks import bbox_slices, labels_from_masks, masks_of
 
 FOREGROUND = (0, 220, 0)
@@ -207,7 +208,7 @@ def render(
         if all(isinstance(r, Mapping) and "bbox" in r for r in records):
             bxs = np.array([r["bbox"] for r in records], float)
         else:
-            bxs = np.array([_bbox_xywh(m) for m in ms], float)
+            bxs = np.array([coords.xyxy_to_xywh(mask_box(m)) for m in ms], float)
         out = draw_boxes(out, bxs, xywh=True)
     if points is not None and len(points):
         out = draw_points(
@@ -217,14 +218,6 @@ def render(
             colors=(GRID_COLOR, GRID_COLOR),
         )
     return out if out is not rgb8 else rgb8.copy()
-
-
-def _bbox_xywh(mask: np.ndarray) -> list[float]:
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return [0.0, 0.0, 0.0, 0.0]
-    x, y, w, h = coords.rowcol_bbox_to_xywh(rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)
-    return [float(x), float(y), float(w), float(h)]
 
 
 def instance_crops(
@@ -244,17 +237,14 @@ def instance_crops(
     rgb8 = _check_rgb(rgb8)
     if pad < 0 or not 0.0 <= dim <= 1.0:
         raise ParameterError(f"pad must be >= 0 and dim in [0, 1], got pad={pad}, dim={dim}")
-    h, w = rgb8.shape[:2]
     crops = []
     for m in _masks(rgb8, records):
-        x, y, bw, bh = _bbox_xywh(m)
-        if bw == 0:
+        window = bbox_slices(m, pad=pad)
+        if window is None:
             crops.append(np.zeros((1, 1, 3), np.uint8))
             continue
-        r0, c0 = max(0, int(y) - pad), max(0, int(x) - pad)
-        r1, c1 = min(h, int(y + bh) + pad), min(w, int(x + bw) + pad)
-        crop = rgb8[r0:r1, c0:c1].astype(np.float32)
-        inside = m[r0:r1, c0:c1]
+        crop = rgb8[window].astype(np.float32)
+        inside = m[window]
         crop[~inside] *= dim
         crop = np.rint(crop).astype(np.uint8)
         if outline:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from samlib.prompts.objects import (
     PromptedObject,
+    PromptSet,
     mask_contains,
     predict_candidates,
     records_of,
@@ -20,6 +21,7 @@ from samlib.prompts.prompting import (
 
 __all__ = [
     "PromptedObject",
+    "PromptSet",
     "mask_contains",
     "predict_candidates",
     "records_of",

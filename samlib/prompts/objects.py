@@ -13,6 +13,54 @@ from typing import Any
 import numpy as np
 
 from samlib import coords
+from samlib.errors import PromptError
+from samlib.prompts.prompting import predict
+from samlib.records.build import prompted_record
+
+#: The stability offset of prompted masks: SamAutomaticMaskGenerator's default.
+STABILITY_OFFSET = 1.0
+
+
+@dataclass
+class PromptSet:
+    """One set of prompts in image pixels, ready for :func:`samlib.prompts.prompting.predict`.
+
+    Attributes
+    ----------
+    points : (N, 2) float array
+        Point prompts as ``(x, y)`` image pixels.
+    labels : (N,) int array
+        1 for a foreground point, 0 for a background point.
+    boxes : (B, 4) float array
+        Box prompts as XYXY image pixels.
+    """
+
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=int))
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+
+    @property
+    def empty(self) -> bool:
+        """True when there is neither a point nor a box."""
+        return len(self.points) == 0 and len(self.boxes) == 0
+
+    def as_rows(self) -> list[dict[str, Any]]:
+        """One row per prompt (kind, x, y, x1, y1), image pixels rounded to 0.1 px, for a table."""
+        rows: list[dict[str, Any]] = []
+        for (x, y), lab in zip(self.points, self.labels, strict=True):
+            kind = "foreground point" if lab == 1 else "background point"
+            rows.append({"prompt": kind, "x": round(x, 1), "y": round(y, 1)})
+        for x0, y0, x1, y1 in self.boxes:
+            rows.append(
+                {
+                    "prompt": "box",
+                    "x": round(x0, 1),
+                    "y": round(y0, 1),
+                    "x1": round(x1, 1),
+                    "y1": round(y1, 1),
+                }
+            )
+        return rows
 
 
 @dataclass(frozen=True, eq=False)
@@ -26,6 +74,10 @@ class PromptedObject:
     stability_score : float
     points : (N, 2) float, XY image pixels, with ``labels`` (N,) 1 = foreground
     box : XYXY image pixels or None
+    candidate : int
+        Which of SAM's candidates for these prompts the mask is (0 without multimask).
+    multimask, clip_to_box : bool
+        The options it was predicted with (see :func:`predict_candidates`).
     """
 
     mask: np.ndarray
@@ -34,33 +86,19 @@ class PromptedObject:
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=int))
     box: tuple[float, float, float, float] | None = None
+    candidate: int = 0
+    multimask: bool = True
+    clip_to_box: bool = True
 
     def record(self) -> dict[str, Any]:
         """The workshop's seven-key mask record for this object (whole image as crop box)."""
-        import torch
-        from segment_anything.utils.amg import batched_mask_to_box
-
-        # The same box rule as SamAutomaticMaskGenerator's records (XYXY of the extreme
-        # pixel indices, then XYWH), so both pages' tables and exports agree.
-        xyxy = batched_mask_to_box(torch.as_tensor(self.mask)[None])[0].tolist()
-        bbox = [int(v) for v in coords.xyxy_to_xywh(xyxy)]
-        if len(self.points):
-            point = [[float(v) for v in self.points[0]]]
-        elif self.box is not None:
-            x0, y0, x1, y1 = self.box
-            point = [[(x0 + x1) / 2.0, (y0 + y1) / 2.0]]
-        else:
-            point = [[0.0, 0.0]]
-        h, w = self.mask.shape
-        return {
-            "segmentation": self.mask,
-            "area": int(self.mask.sum()),
-            "bbox": bbox,
-            "predicted_iou": float(self.predicted_iou),
-            "point_coords": point,
-            "stability_score": float(self.stability_score),
-            "crop_box": [0, 0, int(w), int(h)],
-        }
+        return prompted_record(
+            self.mask,
+            predicted_iou=self.predicted_iou,
+            stability_score=self.stability_score,
+            points=self.points,
+            box=self.box,
+        )
 
 
 def records_of(objects: Sequence[PromptedObject]) -> list[dict[str, Any]]:
@@ -87,9 +125,11 @@ class PromptCandidates:
         Predicted IoU of each candidate.
     stability : (B, K) float
         Stability score of each candidate (IoU of the mask thresholded at logit -1 and +1,
-        computed on the decoder's low-resolution logits as in segment_anything).
+        computed on the full-resolution logits as segment_anything's generator does).
     points, labels, boxes
         The prompts, image pixels (XY points, XYXY boxes).
+    multimask, clip_to_box : bool
+        The options they were predicted with.
     """
 
     masks: np.ndarray
@@ -98,6 +138,8 @@ class PromptCandidates:
     points: np.ndarray
     labels: np.ndarray
     boxes: np.ndarray
+    multimask: bool = True
+    clip_to_box: bool = True
 
     def best_masks(self) -> np.ndarray:
         """(B, H, W) bool: the highest-scoring candidate of each box."""
@@ -119,6 +161,9 @@ class PromptCandidates:
                     points=self.points,
                     labels=self.labels,
                     box=box,
+                    candidate=int(k),
+                    multimask=self.multimask,
+                    clip_to_box=self.clip_to_box,
                 )
             )
         return out
@@ -133,7 +178,7 @@ def predict_candidates(
     ----------
     model : segment_anything Sam
     embedding : samlib.models.embeddings.Embedding
-    prompts : samlib.app.canvas.CanvasPrompts
+    prompts : samlib.prompts.objects.PromptSet
         Points (XY) with labels and boxes (XYXY), image pixels. With several boxes, each box
         is prompted separately (together with all the points).
     multimask : bool
@@ -141,11 +186,6 @@ def predict_candidates(
     clip_to_box : bool
         Keep each box's masks inside the box (:func:`samlib.prompts.prompting.clip_masks_to_box`).
     """
-    import torch
-    from segment_anything.utils.amg import calculate_stability_score
-
-    from samlib.prompts.prompting import predict
-
     has_points = len(prompts.points) > 0
     res = predict(
         model,
@@ -155,13 +195,32 @@ def predict_candidates(
         boxes=prompts.boxes if len(prompts.boxes) else None,
         multimask=multimask,
         clip_to_box=clip_to_box,
+        stability_offset=STABILITY_OFFSET,
     )
-    masks = np.asarray(res.masks, dtype=bool)
-    scores = np.asarray(res.scores, dtype=float)
-    logits = torch.as_tensor(np.asarray(res.low_res_logits, dtype=np.float32))
-    if masks.ndim == 3:  # a single prompt set: add the box axis
-        masks, scores, logits = masks[None], scores[None], logits[None]
-    stability = calculate_stability_score(logits, model.mask_threshold, 1.0).numpy()
     return PromptCandidates(
-        masks, scores, stability.astype(float), prompts.points, prompts.labels, prompts.boxes
+        res.masks,
+        res.scores.astype(float),
+        res.stability.astype(float),
+        prompts.points,
+        prompts.labels,
+        prompts.boxes,
+        multimask,
+        clip_to_box,
     )
+
+
+def predict_object(model, embedding, obj: PromptedObject) -> PromptedObject:
+    """Predict ``obj`` again from its prompts and options (a recipe's prompted object).
+
+    Each box is its own prompt set in :func:`predict_candidates`, so one object's
+    prompts give the mask they gave when they were prompted together with others.
+    """
+    boxes = np.zeros((0, 4)) if obj.box is None else np.asarray([obj.box], dtype=float)
+    prompts = PromptSet(np.asarray(obj.points, dtype=float).reshape(-1, 2), obj.labels, boxes)
+    found = predict_candidates(
+        model, embedding, prompts, multimask=obj.multimask, clip_to_box=obj.clip_to_box
+    )
+    n = found.masks.shape[1]
+    if not 0 <= obj.candidate < n:
+        raise PromptError(f"candidate {obj.candidate} does not exist: these prompts give {n}")
+    return found.objects(obj.candidate)[0]

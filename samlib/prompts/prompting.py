@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from segment_anything.modeling import Sam
+from segment_anything.utils.amg import calculate_stability_score
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch.nn import functional as F
 
@@ -50,11 +51,15 @@ class PromptResult:
     low_res_logits : numpy.ndarray
         (B, C, 256, 256) float32 logits (for SAM's 1024 input); pass one of them back as
         ``mask_input`` to refine.
+    stability : numpy.ndarray or None
+        (B, C) float32 stability score of each mask, on the full-resolution logits as
+        ``SamAutomaticMaskGenerator`` computes it; None unless ``stability_offset`` was given.
     """
 
     masks: np.ndarray
     scores: np.ndarray
     low_res_logits: np.ndarray
+    stability: np.ndarray | None = None
 
     @property
     def best_index(self) -> np.ndarray:
@@ -217,6 +222,7 @@ def predict(
     all_candidates: bool = False,
     exact: bool = False,
     clip_to_box: bool = False,
+    stability_offset: float | None = None,
 ) -> PromptResult:
     """Predict masks for prompts on one image's embedding.
 
@@ -249,6 +255,10 @@ def predict(
     clip_to_box : bool
         Set the pixels outside each box (widened to the foreground points) to False in
         that box's masks; scores and low-resolution logits stay the decoder's.
+    stability_offset : float, optional
+        Also score each mask's stability (IoU of the masks cut at the threshold minus and
+        plus this offset) on its full-resolution logits, before any clipping; SAM's
+        generator uses 1.0.
 
     Returns
     -------
@@ -281,7 +291,7 @@ def predict(
         sel = slice(0, None)
     else:
         sel = slice(1, None) if multimask else slice(0, 1)
-    masks, scores, lows = [], [], []
+    masks, scores, lows, stability = [], [], [], []
     for box in box_list:
         box_t = None
         if box is not None:
@@ -297,6 +307,9 @@ def predict(
         else:
             low, iou, _ = decode_fast(model, embedding.features, sparse, dense_in, sel)
         up = upscale_logits(model, low, embedding.input_size, original_size)
+        if stability_offset is not None:
+            stab = calculate_stability_score(up[0], model.mask_threshold, stability_offset)
+            stability.append(stab.cpu().numpy())
         mask = np.ascontiguousarray((up > model.mask_threshold)[0].cpu().numpy())
         if clip_to_box and box is not None:
             mask = clip_masks_to_box(mask, box, points, labels)
@@ -304,5 +317,8 @@ def predict(
         scores.append(iou[0].cpu().numpy())
         lows.append(low[0].cpu().numpy())
     return PromptResult(
-        masks=np.stack(masks), scores=np.stack(scores), low_res_logits=np.stack(lows)
+        masks=np.stack(masks),
+        scores=np.stack(scores),
+        low_res_logits=np.stack(lows),
+        stability=np.stack(stability) if stability else None,
     )

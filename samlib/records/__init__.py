@@ -7,6 +7,7 @@ May import: samlib.errors, samlib.coords.
 
 from __future__ import annotations
 
+from samlib.records.build import RECORD_KEYS, mask_box, mask_record, prompted_record
 from samlib.records.filters import (
     area_keep,
     area_range,
@@ -28,6 +29,10 @@ from samlib.records.masks import (
 from samlib.records.rle import decode_coco, encode_coco
 
 __all__ = [
+    "RECORD_KEYS",
+    "mask_box",
+    "mask_record",
+    "prompted_record",
     "area_keep",
     "area_range",
     "filter_records",

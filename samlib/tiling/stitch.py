@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from samlib.coords import xywh_to_xyxy
+from samlib import coords
 from samlib.errors import ParameterError
 from samlib.everything.params import OUTPUT_MODES
 from samlib.records import rle as rlelib
+from samlib.records.build import mask_record
 from samlib.records.masks import record_mask
 
 # A box this close (pixels) to a window side that is not an image side counts as cut.
@@ -296,7 +297,7 @@ def _union(group: Sequence[Piece]) -> Piece:
     r0, c0, r1, c1 = _tight_box(mask)  # non-empty: cut pieces have pixels
     mask = mask[r0 : r1 + 1, c0 : c1 + 1]
     best = max(group, key=lambda p: (p.area, p.predicted_iou))
-    crops = [xywh_to_xyxy(p.crop_box) for p in group]
+    crops = [coords.xywh_to_xyxy(p.crop_box) for p in group]
     crop = [min(c[0] for c in crops), min(c[1] for c in crops)]
     crop += [max(c[2] for c in crops) - crop[0], max(c[3] for c in crops) - crop[1]]
     return Piece(
@@ -373,12 +374,12 @@ def piece_record(p: Piece, image_size: tuple[int, int], output_mode: str) -> dic
             seg = rlelib.to_coco(counts, image_size)
         else:
             seg = rlelib.to_uncompressed(counts, image_size)
-    return {
-        "segmentation": seg,
-        "area": int(p.area),
-        "bbox": list(p.bbox),
-        "predicted_iou": p.predicted_iou,
-        "point_coords": [list(p.point)],
-        "stability_score": p.stability_score,
-        "crop_box": list(p.crop_box),
-    }
+    return mask_record(
+        seg,
+        area=int(p.area),
+        box=coords.xywh_to_xyxy(p.bbox),
+        predicted_iou=p.predicted_iou,
+        point_coords=[p.point],
+        stability_score=p.stability_score,
+        crop_box=coords.xywh_to_xyxy(p.crop_box),
+    )
