@@ -18,6 +18,7 @@ from samlib.everything.generate import (
     refilter,
     segment_everything,
 )
+from samlib.models.embeddings import compute_embedding
 from samlib.records.build import RECORD_KEYS
 
 
@@ -359,3 +360,26 @@ def test_small_region_removal_refuses_an_unknown_mode():
 
     with pytest.raises(ParameterError, match="mode"):
         remove_small_regions(np.ones((4, 4), dtype=bool), 2, "edges")
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["exact", "fast"])
+def test_an_embedding_of_another_image_is_refused(sharp_sam, fast):
+    # both decoders walk the same crops, so both check the embedding they are given
+    img = colored_disks()
+    other = colored_disks(seed=1)
+    params = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.1)
+    with pytest.raises(ParameterError, match="another image of the same size"):
+        segment_everything(
+            sharp_sam, img, fast=fast, embedding=compute_embedding(sharp_sam, other), **params
+        )
+    small = np.ascontiguousarray(img[:64, :64])
+    with pytest.raises(ParameterError, match=r"is of a \(64, 64\) image"):
+        segment_everything(
+            sharp_sam, img, fast=fast, embedding=compute_embedding(sharp_sam, small), **params
+        )
+    own = compute_embedding(sharp_sam, img)
+    given = segment_everything(sharp_sam, img, fast=fast, embedding=own, **params)
+    fresh = segment_everything(sharp_sam, img, fast=fast, **params)
+    assert len(given) == len(fresh) > 0
+    for a, b in zip(given, fresh, strict=True):
+        assert np.array_equal(a["segmentation"], b["segmentation"]) and a["bbox"] == b["bbox"]

@@ -5,22 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from samlib.everything.fastmode import coarse_to_fine
 from samlib.everything.generate import segment_everything
 from samlib.records.build import RECORD_KEYS
 from tests.test_everything import colored_disks
 
 
-def test_coarse_to_fine_is_a_permutation_coarse_first():
-    order = coarse_to_fine(16, 2)
-    assert sorted(order) == list(range(16))
-    assert list(order[:4]) == [0, 2, 8, 10]
-    assert list(coarse_to_fine(10, 2)) == list(range(10))  # not square: stock order
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("skip", [False, True])
-def test_fast_mode_records_are_sane(sharp_sam, skip):  # noqa: F811
+def test_fast_mode_records_are_sane(sharp_sam):  # noqa: F811
     from samlib.everything.fastmode import fast_candidates
     from samlib.everything.params import GeneratorParams
     from samlib.everything.refilter import refilter
@@ -30,9 +21,7 @@ def test_fast_mode_records_are_sane(sharp_sam, skip):  # noqa: F811
         points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.1, box_nms_thresh=0.9
     )
     exact = segment_everything(sharp_sam, img, **params)
-    cands = fast_candidates(
-        sharp_sam, img, GeneratorParams(**params), skip_covered=skip, max_cover_fraction=1.0
-    )
+    cands = fast_candidates(sharp_sam, img, GeneratorParams(**params))
     fast = refilter(cands)
     assert fast and all(tuple(r) == RECORD_KEYS for r in fast)
     for r in fast:
@@ -42,24 +31,20 @@ def test_fast_mode_records_are_sane(sharp_sam, skip):  # noqa: F811
         x, y, bw, bh = r["bbox"]
         rows, cols = np.nonzero(seg)
         assert (x, y, x + bw, y + bh) == (cols.min(), rows.min(), cols.max(), rows.max())
-    if not skip:
-        # rounding and the one-step upsampling differ from the exact generator: the
-        # same masks come out, each within a few boundary pixels
-        assert len(fast) == len(exact)
-        for a, b in zip(fast, exact, strict=True):
-            inter = np.logical_and(a["segmentation"], b["segmentation"]).sum()
-            union = np.logical_or(a["segmentation"], b["segmentation"]).sum()
-            assert inter / union >= 0.9
-    else:
-        assert cands.stats["skipped"] > 0
-        assert len(fast) <= len(exact) + 2
+    # rounding and the one-step upsampling differ from the exact generator: the
+    # same masks come out, each within a few boundary pixels
+    assert len(fast) == len(exact)
+    for a, b in zip(fast, exact, strict=True):
+        inter = np.logical_and(a["segmentation"], b["segmentation"]).sum()
+        union = np.logical_or(a["segmentation"], b["segmentation"]).sum()
+        assert inter / union >= 0.9
 
 
 def test_fast_flag_in_public_api(sharp_sam):  # noqa: F811
     params = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.1)
     recs = segment_everything(sharp_sam, colored_disks(), fast=True, **params)
     assert recs and all(tuple(r) == RECORD_KEYS for r in recs)
-    # by default no point is skipped: one record per exact record, in the same order
+    # one record per exact record, in the same order
     exact = segment_everything(sharp_sam, colored_disks(), **params)
     assert [r["point_coords"] for r in recs] == [r["point_coords"] for r in exact]
 

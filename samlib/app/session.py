@@ -15,8 +15,7 @@ import numpy as np
 
 from samlib.errors import ParameterError
 from samlib.image.display import DEFAULT_PERCENTILES, default_channels, to_rgb8
-from samlib.image.microscopy import MicroscopyImage
-from samlib.models.embeddings import image_hash
+from samlib.image.microscopy import MicroscopyImage, image_hash
 
 #: Plane choice for the maximum intensity projection.
 MAX_PROJECTION = "max"

@@ -8,7 +8,7 @@ May import: samlib.errors, samlib.workspace, samlib.records, samlib.models, saml
 from __future__ import annotations
 
 from samlib.everything.candidates import decode_candidates, upsample_like_stock
-from samlib.everything.fastmode import coarse_to_fine, fast_candidates, upsample_once
+from samlib.everything.fastmode import fast_candidates, upsample_once
 from samlib.everything.generate import generate_candidates, segment_everything
 from samlib.everything.params import OUTPUT_MODES, PARAM_HELP, GeneratorParams
 from samlib.everything.refilter import remove_small_regions
@@ -16,7 +16,6 @@ from samlib.everything.refilter import remove_small_regions
 __all__ = [
     "decode_candidates",
     "upsample_like_stock",
-    "coarse_to_fine",
     "fast_candidates",
     "upsample_once",
     "generate_candidates",

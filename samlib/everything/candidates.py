@@ -25,13 +25,12 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.amg import (
     batched_mask_to_box,
     calculate_stability_score,
-    generate_crop_boxes,
     is_box_near_crop_edge,
 )
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from samlib.decoding.decoder import PointDecoder
-from samlib.errors import ParameterError
+from samlib.everything.crops import crop_layout, iter_crops
 from samlib.everything.params import GeneratorParams
 from samlib.records.rle import encode
 from samlib.workspace import buffer, workspace
@@ -96,7 +95,7 @@ class Candidates:
         return len(self.rles)
 
 
-def _encode(binary: torch.Tensor, crop_box: list[int], size: tuple[int, int]) -> list:
+def encode_crop_masks(binary: torch.Tensor, crop_box: list[int], size: tuple[int, int]) -> list:
     """Run lengths (image frame) of (K, h, w) bool masks of one crop, one mask at a time."""
     x0, y0, x1, y1 = crop_box
     full = (x0, y0, x1, y1) == (0, 0, size[1], size[0])
@@ -182,17 +181,12 @@ def decode_candidates(
         ``points_per_batch`` (default: the whole batch); any chunking gives the same
         bits, smaller chunks use less memory for the temporary tensors.
     """
-    from samlib.models.embeddings import compute_embedding
-
     iou_floor = min(DEFAULT_IOU_FLOOR, params.pred_iou_thresh) if iou_floor is None else iou_floor
     if stability_floor is None:
         stability_floor = min(DEFAULT_STABILITY_FLOOR, params.stability_score_thresh)
     h, w = rgb8.shape[:2]
-    crop_boxes, layer_idxs = generate_crop_boxes(
-        (h, w), params.crop_n_layers, params.crop_overlap_ratio
-    )
-    grids = params.grids()
-    total = sum(len(grids[i]) for i in layer_idxs)
+    layout = crop_layout((h, w), params)
+    total = layout.n_points
     device = model.device
     if chunk is None:
         # Any chunking gives the same bits. On a CPU, small chunks keep the per-prompt
@@ -208,25 +202,13 @@ def decode_candidates(
     cols: dict[str, list] = {k: [] for k in ("iou", "stab", "boxes", "points", "crop", "edge")}
     rles: list[np.ndarray] = []
     done = 0
-    for ci, (crop_box, layer) in enumerate(zip(crop_boxes, layer_idxs, strict=True)):
-        x0, y0, x1, y1 = crop_box
-        crop = rgb8[y0:y1, x0:x1, :]
-        csize = crop.shape[:2]
-        if ci == 0 and embedding is not None:
-            if tuple(embedding.original_size) != (h, w):
-                raise ParameterError(
-                    f"embedding is of a {embedding.original_size} image, not {(h, w)}"
-                )
-            emb = embedding
-        else:
-            with torch.no_grad():
-                emb = compute_embedding(model, np.ascontiguousarray(crop))
+    for crop in iter_crops(model, rgb8, layout, embedding):
+        emb, points = crop.embedding, crop.points
         dec = PointDecoder(model, emb.features)
-        points = grids[layer] * np.array(csize)[None, ::-1]
         floor = iou_floor if iou_floor > 0 else None
         for b0 in range(0, len(points), params.points_per_batch):
             batch = points[b0 : b0 + params.points_per_batch]
-            coords = torch.as_tensor(transform.apply_coords(batch, csize), device=device)
+            coords = torch.as_tensor(transform.apply_coords(batch, crop.size), device=device)
             ious, parts = dec.decode(coords, chunk, floor)
             for s, e, sel, low in parts:
                 pts, iou = batch[s:e], ious[s:e]
@@ -250,15 +232,15 @@ def decode_candidates(
                     binary = logits > thr
                     del logits
                     boxes = batched_mask_to_box(binary)
-                    edge = is_box_near_crop_edge(boxes, crop_box, [0, 0, w, h])
+                    edge = is_box_near_crop_edge(boxes, crop.box, [0, 0, w, h])
                     pt = torch.as_tensor(pts.repeat(3, axis=0))[idx.cpu()]
                     cols["iou"].append(iou[idx].cpu())
                     cols["stab"].append(stab.cpu())
                     cols["boxes"].append(boxes.cpu())
-                    cols["points"].append(pt + torch.tensor([[x0, y0]]))
-                    cols["crop"].append(torch.full((len(idx),), ci, dtype=torch.int64))
+                    cols["points"].append(pt + torch.tensor([crop.box[:2]]))
+                    cols["crop"].append(torch.full((len(idx),), crop.index, dtype=torch.int64))
                     cols["edge"].append(edge.cpu())
-                    rles += _encode(binary, crop_box, (h, w))
+                    rles += encode_crop_masks(binary, crop.box, (h, w))
                     del binary
                 done += e - s
                 if progress is not None:
@@ -275,7 +257,7 @@ def decode_candidates(
         crop=cat("crop", torch.zeros(0, dtype=torch.int64)),
         near_edge=cat("edge", torch.zeros(0, dtype=torch.bool)),
         rles=rles,
-        crop_boxes=[list(map(int, b)) for b in crop_boxes],
+        crop_boxes=layout.boxes,
         image_size=(h, w),
         iou_floor=float(iou_floor),
         stability_floor=float(stability_floor),

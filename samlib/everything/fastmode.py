@@ -10,14 +10,6 @@ Opt-in with ``segment_everything(..., fast=True)``. Approximations:
    cut-off can flip.
 2. **One-step upsampling** of the kept masks (:func:`upsample_once`): boundaries can
    move by a pixel.
-3. Optional, off by default: **coarse-to-fine grid with covered points skipped**
-   (``skip_covered=True``): the points of every ``coarse_stride``-th row and column are
-   decoded first, then the others that do not lie inside a mask already accepted (one
-   that passes the thresholds, does not touch a crop edge and covers at most
-   ``max_cover_fraction`` of the crop). It saves time where objects cover much of the
-   image, but a skipped point's own masks are lost: with the small demo model on the
-   DSB2018 sample it skipped 10 % of the points and lost 24 % of the masks, so it is not
-   the default.
 
 Everything else (stability at full resolution, NMS, crops, small-region clean-up, records)
 is the exact generator's. ``benchmarks/bench.py`` measures the difference to stock.
@@ -35,19 +27,18 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.amg import (
     batched_mask_to_box,
     calculate_stability_score,
-    generate_crop_boxes,
     is_box_near_crop_edge,
 )
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch.nn import functional as F
 
 from samlib.decoding.fast_decoder import decode_fast
-from samlib.errors import ParameterError
-from samlib.everything.candidates import Candidates, Progress, _encode, cpu_chunk
+from samlib.everything.candidates import Candidates, Progress, cpu_chunk, encode_crop_masks
+from samlib.everything.crops import CropLayout, crop_layout, iter_crops
 from samlib.everything.params import GeneratorParams
 from samlib.workspace import workspace
 
-__all__ = ["coarse_to_fine", "fast_candidates"]
+__all__ = ["fast_candidates", "upsample_once"]
 
 # Bytes of per-prompt image tokens whose image-side work runs at once on a CPU (see
 # candidates.cpu_chunk): SAM's are 4 MB; vit_b, 144 points, two threads: 3.0-3.5 s at 1,
@@ -55,19 +46,6 @@ __all__ = ["coarse_to_fine", "fast_candidates"]
 # 8.5 s at 8); the small demo model's are 0.5 MB (1,024 points, earlier code: 7.1 s at 1,
 # 6.0 s at 8, 6.5 s at 32). GPUs take whole batches.
 CPU_CHUNK_BYTES = 4 * 2**20
-
-
-def coarse_to_fine(n_points: int, stride: int) -> np.ndarray:
-    """Order of the points of an n x n grid (row-major): coarse sub-grid first, then the rest.
-
-    Grids that are not square (explicit ``point_grids``) keep their order.
-    """
-    n = int(round(np.sqrt(n_points)))
-    if n * n != n_points or stride <= 1:
-        return np.arange(n_points)
-    rows, cols = np.divmod(np.arange(n_points), n)
-    coarse = (rows % stride == 0) & (cols % stride == 0)
-    return np.concatenate([np.flatnonzero(coarse), np.flatnonzero(~coarse)])
 
 
 @workspace()
@@ -78,101 +56,47 @@ def fast_candidates(
     *,
     embedding: Any = None,
     progress: Progress | None = None,
-    coarse_stride: int = 2,
-    skip_covered: bool = False,
-    max_cover_fraction: float = 0.1,
 ) -> Candidates:
     """Candidates for ``params``'s thresholds, decoded approximately (see module doc).
 
-    Parameters are those of :func:`samlib.everything.candidates.decode_candidates`;
-    ``coarse_stride`` sets the first pass's grid step, ``skip_covered`` turns the skipping
-    of covered points on or off, and only accepted masks smaller than
-    ``max_cover_fraction`` of the crop cover points (a background mask must not hide
-    the objects in it).
+    Parameters are those of :func:`samlib.everything.candidates.decode_candidates`.
     """
-    from samlib.models.embeddings import compute_embedding
-
-    if coarse_stride < 1:
-        raise ParameterError(f"coarse_stride must be >= 1, got {coarse_stride!r}")
     h, w = rgb8.shape[:2]
-    crop_boxes, layer_idxs = generate_crop_boxes(
-        (h, w), params.crop_n_layers, params.crop_overlap_ratio
-    )
-    grids = params.grids()
-    total = sum(len(grids[i]) for i in layer_idxs)
+    layout = crop_layout((h, w), params)
+    total = layout.n_points
     transform = ResizeLongestSide(model.image_encoder.img_size)
     floor = params.pred_iou_thresh if params.pred_iou_thresh > 0 else None
+    # token-side layers run on points_per_batch prompts at once, image-side work on
+    # `chunk` of them (whole batches on GPUs)
+    chunk = cpu_chunk(model, CPU_CHUNK_BYTES) if model.device.type == "cpu" else None
     rows: list[tuple[int, int, int, Any]] = []  # (crop, point index, mask index, data)
-    done = skipped = 0
-    for ci, (crop_box, layer) in enumerate(zip(crop_boxes, layer_idxs, strict=True)):
-        x0, y0, x1, y1 = crop_box
-        crop = rgb8[y0:y1, x0:x1, :]
-        csize = crop.shape[:2]
-        if ci == 0 and embedding is not None:
-            emb = embedding
-        else:
-            with torch.no_grad():
-                emb = compute_embedding(model, np.ascontiguousarray(crop))
-        points = grids[layer] * np.array(csize)[None, ::-1]
+    done = 0
+    for crop in iter_crops(model, rgb8, layout, embedding):
         coords = torch.as_tensor(
-            transform.apply_coords(points, csize), dtype=torch.float, device=model.device
+            transform.apply_coords(crop.points, crop.size), dtype=torch.float, device=model.device
         )
-        covered = np.zeros(csize, dtype=bool)
-        # token-side layers run on points_per_batch prompts at once, image-side work on
-        # `chunk` of them (whole batches on GPUs)
-        chunk = cpu_chunk(model, CPU_CHUNK_BYTES) if model.device.type == "cpu" else None
-        cover_max = max_cover_fraction * csize[0] * csize[1]
-        order = coarse_to_fine(len(points), coarse_stride)
-        n_coarse = int(np.ceil(np.sqrt(len(points)) / coarse_stride)) ** 2
-        passes = [order[:n_coarse], order[n_coarse:]] if coarse_stride > 1 else [order]
-        for todo in passes:
-            if skip_covered and len(todo):
-                rc = np.minimum(points[todo][:, ::-1].astype(int), np.array(csize) - 1)
-                free = ~covered[rc[:, 0], rc[:, 1]]
-                skipped += int((~free).sum())
-                done += int((~free).sum())
-                todo = todo[free]
-            todo = np.sort(todo)
-            for start in range(0, len(todo), params.points_per_batch):
-                ids = todo[start : start + params.points_per_batch]
-                label = torch.ones((len(ids), 1), dtype=torch.int, device=model.device)
-                sparse, _ = model.prompt_encoder(
-                    points=(coords[ids][:, None], label), boxes=None, masks=None
+        for start in range(0, len(crop.points), params.points_per_batch):
+            ids = np.arange(start, min(start + params.points_per_batch, len(crop.points)))
+            label = torch.ones((len(ids), 1), dtype=torch.int, device=model.device)
+            sparse, _ = model.prompt_encoder(
+                points=(coords[ids][:, None], label), boxes=None, masks=None
+            )
+            low, ious, sel = decode_fast(
+                model, crop.embedding.features, sparse, None, slice(1, None), floor, chunk
+            )
+            done += len(ids)
+            for k, j in enumerate(sel.tolist()):
+                m_iou = ious[j]
+                keep = m_iou > floor if floor is not None else torch.ones(3, dtype=bool)
+                idx = torch.nonzero(keep).flatten()
+                rows += _accept(
+                    model, low[k, idx], idx, m_iou, crop, params, (h, w), int(ids[j])
                 )
-                low, ious, sel = decode_fast(
-                    model, emb.features, sparse, None, slice(1, None), floor, chunk
-                )
-                done += len(ids)
-                for k, j in enumerate(sel.tolist()):
-                    m_iou = ious[j]
-                    keep = m_iou > floor if floor is not None else torch.ones(3, dtype=bool)
-                    idx = torch.nonzero(keep).flatten()
-                    rows += _accept(
-                        model,
-                        low[k, idx],
-                        idx,
-                        m_iou,
-                        emb,
-                        params,
-                        crop_box,
-                        (h, w),
-                        (ci, int(ids[j])),
-                        covered,
-                        cover_max,
-                    )
-                if progress is not None:
-                    progress(done, total)
+            if progress is not None:
+                progress(done, total)
     if progress is not None:
         progress(total, total)
-    return _assemble(
-        rows,
-        grids,
-        layer_idxs,
-        crop_boxes,
-        (h, w),
-        params,
-        {"points": total, "skipped": skipped, "fast": True},
-    )
+    return _assemble(rows, layout, (h, w), params, {"points": total, "fast": True})
 
 
 def upsample_once(
@@ -192,8 +116,9 @@ def upsample_once(
     return F.interpolate(valid, original_size, mode="bilinear", align_corners=False)[0]
 
 
-def _accept(model, low, idx, m_iou, emb, params, crop_box, size, key, covered, cover_max):
-    """Rows for the masks of one point that pass stability; marks small ones as covered."""
+def _accept(model, low, idx, m_iou, crop, params, size, point) -> list:
+    """Rows (crop, point, mask, data) for the masks of one point that pass stability."""
+    emb = crop.embedding
     logits = upsample_once(model, low, emb.input_size, emb.original_size)
     stab = calculate_stability_score(logits, model.mask_threshold, params.stability_score_offset)
     if params.stability_score_thresh > 0:
@@ -201,24 +126,23 @@ def _accept(model, low, idx, m_iou, emb, params, crop_box, size, key, covered, c
         logits, stab, idx = logits[k2], stab[k2], idx[k2]
     binary = logits > model.mask_threshold
     boxes = batched_mask_to_box(binary)
-    edge = is_box_near_crop_edge(boxes, crop_box, [0, 0, size[1], size[0]])
-    rles = _encode(binary, crop_box, size)
-    rows = []
-    for j, m in enumerate(idx.tolist()):
-        rows.append((*key, m, (m_iou[m], stab[j], boxes[j], edge[j], rles[j])))
-        if not edge[j] and int(binary[j].sum()) <= cover_max:
-            covered |= binary[j].cpu().numpy()
-    return rows
+    edge = is_box_near_crop_edge(boxes, crop.box, [0, 0, size[1], size[0]])
+    rles = encode_crop_masks(binary, crop.box, size)
+    return [
+        (crop.index, point, m, (m_iou[m], stab[j], boxes[j], edge[j], rles[j]))
+        for j, m in enumerate(idx.tolist())
+    ]
 
 
-def _assemble(rows, grids, layer_idxs, crop_boxes, size, params, stats) -> Candidates:
+def _assemble(rows, layout: CropLayout, size, params, stats) -> Candidates:
     """Candidates from per-mask rows, sorted into the stock order (crop, point, mask)."""
     rows.sort(key=lambda r: r[:3])
     n = len(rows)
     xy = []
     for ci, pi, _, _ in rows:
-        x0, y0, x1, y1 = crop_boxes[ci]
-        xy.append(grids[layer_idxs[ci]][pi] * np.array([x1 - x0, y1 - y0]) + np.array([x0, y0]))
+        x0, y0, x1, y1 = layout.boxes[ci]
+        grid = layout.grids[layout.layers[ci]]
+        xy.append(grid[pi] * np.array([x1 - x0, y1 - y0]) + np.array([x0, y0]))
     data = [r[3] for r in rows]
     return Candidates(
         iou=torch.stack([d[0] for d in data]) if n else torch.zeros(0),
@@ -228,7 +152,7 @@ def _assemble(rows, grids, layer_idxs, crop_boxes, size, params, stats) -> Candi
         crop=torch.tensor([r[0] for r in rows], dtype=torch.int64),
         near_edge=torch.stack([d[3] for d in data]) if n else torch.zeros(0, dtype=torch.bool),
         rles=[d[4] for d in data],
-        crop_boxes=[list(map(int, b)) for b in crop_boxes],
+        crop_boxes=layout.boxes,
         image_size=size,
         iou_floor=float(params.pred_iou_thresh),
         stability_floor=float(params.stability_score_thresh),

@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 from segment_anything.modeling import Sam
 
-from samlib.errors import ImageError
 from samlib.everything.candidates import (
     DEFAULT_IOU_FLOOR,
     DEFAULT_STABILITY_FLOOR,
@@ -40,6 +39,7 @@ from samlib.everything.candidates import (
 )
 from samlib.everything.params import OUTPUT_MODES, PARAM_HELP, GeneratorParams
 from samlib.everything.refilter import refilter
+from samlib.image.display import check_rgb8
 
 __all__ = [
     "DEFAULT_IOU_FLOOR",
@@ -52,18 +52,6 @@ __all__ = [
     "refilter",
     "segment_everything",
 ]
-
-
-def _check_rgb8(rgb8: Any) -> np.ndarray:
-    if not isinstance(rgb8, np.ndarray):
-        raise ImageError(f"expected an (H, W, 3) uint8 numpy array, got {type(rgb8).__name__}")
-    if rgb8.ndim != 3 or rgb8.shape[2] != 3 or rgb8.dtype != np.uint8:
-        raise ImageError(
-            f"expected an (H, W, 3) uint8 RGB image, got shape {rgb8.shape} dtype {rgb8.dtype}"
-        )
-    if min(rgb8.shape[:2]) < 1:
-        raise ImageError(f"the image is empty: shape {rgb8.shape}")
-    return rgb8
 
 
 def generate_candidates(
@@ -102,7 +90,7 @@ def generate_candidates(
     params = params or GeneratorParams()
     return decode_candidates(
         model,
-        _check_rgb8(rgb8),
+        check_rgb8(rgb8),
         params,
         iou_floor=iou_floor,
         stability_floor=stability_floor,
@@ -147,7 +135,7 @@ def segment_everything(
         (XYWH).
     """
     p = GeneratorParams.from_kwargs(**params)
-    rgb8 = _check_rgb8(rgb8)
+    rgb8 = check_rgb8(rgb8)
     if fast:
         from samlib.everything.fastmode import fast_candidates
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from samlib.image.display import (
     DEFAULT_PERCENTILES,
     channel_limits,
+    check_rgb8,
     default_channels,
     to_rgb8,
 )
@@ -22,6 +23,7 @@ from samlib.image.microscopy import (
 )
 
 __all__ = [
+    "check_rgb8",
     "DEFAULT_PERCENTILES",
     "channel_limits",
     "default_channels",

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from samlib.errors import ParameterError
+from samlib.errors import ImageError, ParameterError
 from samlib.image.microscopy import MicroscopyImage, as_image
 
 DEFAULT_PERCENTILES = (1.0, 99.8)
@@ -154,3 +154,18 @@ def to_rgb8(
             done[c] = scale_to_uint8(data[..., c], vmin, vmax, float(gamma))
         out[..., k] = done[c]
     return out
+
+
+def check_rgb8(rgb8: object) -> np.ndarray:
+    """Return ``rgb8`` if it is what SAM takes, an ``(H, W, 3)`` uint8 array; else raise
+    :class:`~samlib.errors.ImageError` naming what it is instead."""
+    if not isinstance(rgb8, np.ndarray):
+        raise ImageError(f"expected a NumPy HWC uint8 RGB array, got {type(rgb8).__name__}")
+    if rgb8.dtype != np.uint8 or rgb8.ndim != 3 or rgb8.shape[2] != 3:
+        raise ImageError(
+            f"expected an HWC uint8 RGB array, got shape {rgb8.shape} dtype {rgb8.dtype}; "
+            "convert it with samlib.to_rgb8 first"
+        )
+    if rgb8.shape[0] == 0 or rgb8.shape[1] == 0:
+        raise ImageError(f"the image has an empty axis: shape {rgb8.shape}")
+    return rgb8

@@ -24,13 +24,12 @@ from samlib.errors import (
     UnsupportedImageError,
 )
 from samlib.image.display import to_rgb8
-from samlib.image.microscopy import MicroscopyImage, as_image, image_hash
+from samlib.image.microscopy import MicroscopyImage, as_image
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "MicroscopyImage",
     "as_image",
-    "image_hash",
     "read_image",
     "sniff_format",
     "to_rgb8",

@@ -24,6 +24,7 @@ from samlib.models.download import download_file
 from samlib.models.embeddings import (
     Embedding,
     EmbeddingCache,
+    check_embedding,
     compute_embedding,
     default_cache_dir,
     embedding_key,
@@ -59,6 +60,7 @@ __all__ = [
     "download_file",
     "Embedding",
     "EmbeddingCache",
+    "check_embedding",
     "compute_embedding",
     "default_cache_dir",
     "embedding_key",

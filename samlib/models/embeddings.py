@@ -29,7 +29,9 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from samlib.errors import ImageError
+from samlib.errors import ParameterError
+from samlib.image.display import check_rgb8
+from samlib.image.microscopy import image_hash
 
 __all__ = [
     "Embedding",
@@ -37,7 +39,7 @@ __all__ = [
     "compute_embedding",
     "default_cache_dir",
     "embedding_key",
-    "image_hash",
+    "check_embedding",
     "model_key",
 ]
 
@@ -61,25 +63,16 @@ class Embedding:
         before padding.
     key : str
         Cache key (model, image content, normalisation); empty when not keyed.
+    image_sha256 : str
+        :func:`samlib.image.microscopy.image_hash` of the RGB image that was encoded;
+        empty when unknown (embeddings cached before it was recorded).
     """
 
     features: torch.Tensor
     original_size: tuple[int, int]
     input_size: tuple[int, int]
     key: str = ""
-
-
-def _check_rgb8(rgb8: np.ndarray) -> np.ndarray:
-    if not isinstance(rgb8, np.ndarray):
-        raise ImageError(f"expected a NumPy HWC uint8 RGB array, got {type(rgb8).__name__}")
-    if rgb8.dtype != np.uint8 or rgb8.ndim != 3 or rgb8.shape[2] != 3:
-        raise ImageError(
-            f"expected an HWC uint8 RGB array, got shape {rgb8.shape} dtype {rgb8.dtype}; "
-            "convert it with samlib.to_rgb8 first"
-        )
-    if rgb8.shape[0] == 0 or rgb8.shape[1] == 0:
-        raise ImageError(f"the image has an empty axis: shape {rgb8.shape}")
-    return rgb8
+    image_sha256: str = ""
 
 
 @torch.no_grad()
@@ -100,7 +93,8 @@ def compute_embedding(model: Sam, rgb8: np.ndarray, *, key: str = "") -> Embeddi
     Embedding
         Features on the model's device; bit-identical to ``SamPredictor.features``.
     """
-    rgb8 = _check_rgb8(rgb8)
+    rgb8 = check_rgb8(rgb8)
+    sha256 = image_hash(rgb8)
     if model.image_format != "RGB":
         rgb8 = rgb8[..., ::-1]
     transform = ResizeLongestSide(model.image_encoder.img_size)
@@ -113,7 +107,20 @@ def compute_embedding(model: Sam, rgb8: np.ndarray, *, key: str = "") -> Embeddi
         original_size=(int(rgb8.shape[0]), int(rgb8.shape[1])),
         input_size=input_size,
         key=key,
+        image_sha256=sha256,
     )
+
+
+def check_embedding(embedding: Embedding, rgb8: np.ndarray) -> None:
+    """Raise :class:`~samlib.errors.ParameterError` unless ``embedding`` is of ``rgb8``.
+
+    The sizes must agree, and the image hashes too where the embedding recorded one.
+    """
+    size = (int(rgb8.shape[0]), int(rgb8.shape[1]))
+    if tuple(embedding.original_size) != size:
+        raise ParameterError(f"the embedding is of a {embedding.original_size} image, not {size}")
+    if embedding.image_sha256 and embedding.image_sha256 != image_hash(rgb8):
+        raise ParameterError("the embedding is of another image of the same size")
 
 
 def default_cache_dir() -> Path:
@@ -121,13 +128,6 @@ def default_cache_dir() -> Path:
     from samlib.models.loading import cache_dir
 
     return cache_dir() / "embeddings"
-
-
-def image_hash(rgb8: np.ndarray) -> str:
-    """SHA-256 (hex) of an array's shape, dtype and bytes."""
-    h = hashlib.sha256(f"{rgb8.shape}|{rgb8.dtype}|".encode())
-    h.update(np.ascontiguousarray(rgb8).data)
-    return h.hexdigest()
 
 
 # Models without a recorded checkpoint hash (built in memory) are keyed by a hash of
@@ -219,7 +219,7 @@ class EmbeddingCache:
         ``settings`` (e.g. channel choice and percentiles used to make ``rgb8``) are part
         of the key and recorded in the disk metadata.
         """
-        _check_rgb8(rgb8)
+        check_rgb8(rgb8)
         key = embedding_key(model, rgb8, settings)
         found = self._lookup(key, model)
         if found is not None:
@@ -304,6 +304,7 @@ class EmbeddingCache:
             original_size=tuple(meta["original_size"]),
             input_size=tuple(meta["input_size"]),
             key=key,
+            image_sha256=str(meta.get("image_sha256", "")),
         )
 
     def _save(self, emb: Embedding, model: Sam, settings: Mapping[str, Any] | None) -> None:
@@ -316,6 +317,7 @@ class EmbeddingCache:
             "model": model_key(model),
             "original_size": list(emb.original_size),
             "input_size": list(emb.input_size),
+            "image_sha256": emb.image_sha256,
             "settings": dict(settings or {}),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }

@@ -18,7 +18,7 @@ import numpy as np
 from segment_anything.modeling import Sam
 
 from samlib.errors import PromptError
-from samlib.everything.generate import _check_rgb8
+from samlib.image.display import check_rgb8
 from samlib.models.embeddings import Embedding, compute_embedding
 from samlib.prompts.prompting import PromptResult, predict
 from samlib.tiling.stitch import Tile
@@ -50,7 +50,7 @@ class TiledEmbeddings:
         cls, model: Sam, rgb8: np.ndarray, *, tile_size: int | None = None, halo: int | None = None
     ) -> TiledEmbeddings:
         """Lay out ``rgb8`` in tiles (defaults as :func:`samlib.tiling.tiles.default_tiling`)."""
-        rgb8 = _check_rgb8(rgb8)
+        rgb8 = check_rgb8(rgb8)
         d_tile, d_halo = default_tiling(model)
         tiles = tile_layout(
             rgb8.shape[:2],

@@ -27,8 +27,9 @@ import numpy as np
 from segment_anything.modeling import Sam
 
 from samlib.errors import ParameterError
-from samlib.everything.generate import _check_rgb8, segment_everything
+from samlib.everything.generate import segment_everything
 from samlib.everything.params import GeneratorParams
+from samlib.image.display import check_rgb8
 from samlib.tiling.stitch import Piece, Tile, piece_record, pieces_from_records, stitch_pieces
 
 __all__ = ["TILING_HELP", "Tile", "default_tiling", "segment_everything_tiled", "tile_layout"]
@@ -148,7 +149,7 @@ def segment_everything_tiled(
         In tile order, and the generator's order within a tile: for an image that fits
         in one window, exactly :func:`samlib.everything.generate.segment_everything`'s records.
     """
-    rgb8 = _check_rgb8(rgb8)
+    rgb8 = check_rgb8(rgb8)
     output_mode = params.pop("output_mode", "coco_rle")
     GeneratorParams.from_kwargs(output_mode=output_mode, **params)  # fail before any work
     if (
