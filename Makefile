@@ -6,16 +6,21 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint bench
 
-$(STAMP): requirements.txt requirements-dev.txt
+# samlib itself goes in editable (its dependencies come from the requirements files), so
+# scripts, benchmarks and tests import it as an installed package.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade -r requirements-dev.txt
+	$(PY) -m pip install --no-deps -e .
 	touch $(STAMP)
 
 run: $(STAMP)
 	$(PY) -m streamlit run app.py
 
-test: $(STAMP)
+lint: $(STAMP)
 	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest
 
 bench: $(STAMP)
