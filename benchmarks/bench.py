@@ -31,25 +31,21 @@ import statistics
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+from skimage.draw import disk
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from segment_anything import SamAutomaticMaskGenerator, SamPredictor  # noqa: E402
-from skimage.draw import disk  # noqa: E402
-
-from samlib.everything.generate import (  # noqa: E402
+from samlib.everything.generate import (
     GeneratorParams,
     generate_candidates,
     refilter,
-    segment_everything,  # noqa: E402
+    segment_everything,
 )
-from samlib.models import accel  # noqa: E402
-from samlib.models.arch import VIT_B, VIT_TINY, build_sam  # noqa: E402
-from samlib.models.embeddings import Embedding, compute_embedding  # noqa: E402
+from samlib.models import accel
+from samlib.models.arch import VIT_B, VIT_TINY, build_sam
+from samlib.models.embeddings import Embedding, compute_embedding
 
 
 class PeakRSS:

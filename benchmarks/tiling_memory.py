@@ -30,16 +30,13 @@ import resource
 import sys
 import time
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import torch
 from skimage.draw import disk
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from samlib.models.arch import VIT_B, VIT_TINY, build_sam  # noqa: E402
-from samlib.tiling.tiles import default_tiling, segment_everything_tiled, tile_layout  # noqa: E402
+from samlib.models.arch import VIT_B, VIT_TINY, build_sam
+from samlib.tiling.tiles import default_tiling, segment_everything_tiled, tile_layout
 
 
 def peak_rss_mb() -> float:

@@ -26,20 +26,18 @@ import argparse
 import itertools
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from samlib.datasets.synth import nuclei_image
+from samlib.evaluation.benchmark import prompt_ious
+from samlib.evaluation.metrics import evaluate
+from samlib.everything.generate import GeneratorParams, generate_candidates, refilter
+from samlib.image.display import to_rgb8
+from samlib.models.loading import load_model
 
-from samlib.datasets.synth import nuclei_image  # noqa: E402
-from samlib.evaluation.benchmark import prompt_ious  # noqa: E402
-from samlib.evaluation.metrics import evaluate  # noqa: E402
-from samlib.everything.generate import GeneratorParams, generate_candidates, refilter  # noqa: E402
-from samlib.image.display import to_rgb8  # noqa: E402
-from samlib.models.loading import load_model  # noqa: E402
-from scripts.nuclei_options import add_nuclei_options, nuclei_options  # noqa: E402
+from nuclei_options import add_nuclei_options, nuclei_options
 
 MASK_GRID = (-4.0, -3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
 IOU_GRID = np.round(np.arange(0.30, 0.91, 0.05), 2)

@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from samlib.datasets.synth import nuclei_image  # noqa: E402
-from samlib.evaluation.benchmark import prompt_ious  # noqa: E402
-from samlib.models.loading import load_model  # noqa: E402
-from samlib.training.prompts import to_model_rgb8  # noqa: E402
+from samlib.datasets.synth import nuclei_image
+from samlib.evaluation.benchmark import prompt_ious
+from samlib.models.loading import load_model
+from samlib.training.prompts import to_model_rgb8
 
 KINDS = {
     "plain": {},

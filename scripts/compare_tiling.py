@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from samlib.datasets.synth import add_glow, synth_image  # noqa: E402
-from samlib.evaluation.benchmark import evaluate_model  # noqa: E402
-from samlib.image.display import to_rgb8  # noqa: E402
-from samlib.models.loading import load_model, suggested_params  # noqa: E402
+from samlib.datasets.synth import add_glow, synth_image
+from samlib.evaluation.benchmark import evaluate_model
+from samlib.image.display import to_rgb8
+from samlib.models.loading import load_model, suggested_params
 
 FIGURES = ("point_miou", "box_miou", "ap50", "ap_mean", "everything_seconds")
 

@@ -13,17 +13,14 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from samlib.datasets.synth import synth_image  # noqa: E402
-from samlib.evaluation.benchmark import prompt_ious  # noqa: E402
-from samlib.image.display import to_rgb8  # noqa: E402
-from samlib.models.loading import load_model  # noqa: E402
-from samlib.training.loop import TrainParams, train  # noqa: E402
+from samlib.datasets.synth import synth_image
+from samlib.evaluation.benchmark import prompt_ious
+from samlib.image.display import to_rgb8
+from samlib.models.loading import load_model
+from samlib.training.loop import TrainParams, train
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,19 +20,17 @@ The bundled model is trained in stages (two CPU threads); see ``samlib/weights/R
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from samlib.datasets.synth import NucleiDataset
+from samlib.models.arch import build_sam
+from samlib.models.loading import load_model
+from samlib.models.small_encoder import SMALL_CNN, sharpen_prompt_positions
+from samlib.training.loop import TrainParams, train
 
-from samlib.datasets.synth import NucleiDataset  # noqa: E402
-from samlib.models.arch import build_sam  # noqa: E402
-from samlib.models.loading import load_model  # noqa: E402
-from samlib.models.small_encoder import SMALL_CNN, sharpen_prompt_positions  # noqa: E402
-from samlib.training.loop import TrainParams, train  # noqa: E402
-from scripts.nuclei_options import add_nuclei_options, nuclei_options  # noqa: E402
+from nuclei_options import add_nuclei_options, nuclei_options
 
 VAL_OFFSET = 5_000_000  # validation seeds start here, far from any training seed
 
