@@ -165,3 +165,19 @@ def test_concurrent_requests_encode_once(tiny_sam):
         t.join()
     assert enc.calls == 1
     assert all(r is results[0] for r in results)
+
+
+def test_fast_encoder_embeddings_are_kept_apart(tiny_sam):
+    # the fast encoder's features differ from stock by rounding: a result is reproduced bit
+    # for bit only from the same encoder, so the cache must not hand one for the other
+    from samlib.models.accel import accelerate, restore
+
+    model = copy.deepcopy(tiny_sam)
+    rgb = _rgb((32, 32))
+    stock = embedding_key(model, rgb)
+    accelerate(model)
+    try:
+        assert embedding_key(model, rgb) != stock
+    finally:
+        restore(model)
+    assert embedding_key(model, rgb) == stock

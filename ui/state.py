@@ -130,11 +130,8 @@ def _stamp(name_or_path: str) -> tuple[str, float]:
 @st.cache_resource(show_spinner=False, max_entries=2)
 def _load(name_or_path: str, device: str, stamp: tuple[str, float]) -> Any:
     # Shared by all sessions: the Sam is only ever read (no predictor state is kept on it).
-    model = load_model(name_or_path, device)
-    from samlib.models.accel import accelerate
-
-    accelerate(model)  # fused attention (and bfloat16 on GPUs when faithful); same weights
-    return model
+    # fused attention (and bfloat16 on GPUs when faithful): the same weights
+    return load_model(name_or_path, device, fast_encoder=True)
 
 
 def get_model(name_or_path: str | None = None) -> Any:

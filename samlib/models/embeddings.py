@@ -32,6 +32,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from samlib.errors import ParameterError
 from samlib.image.display import check_rgb8
 from samlib.image.microscopy import image_hash
+from samlib.models.accel import accelerated
 
 __all__ = [
     "Embedding",
@@ -160,11 +161,14 @@ def model_key(model: Sam) -> str:
 
 
 def embedding_key(model: Sam, rgb8: np.ndarray, settings: Mapping[str, Any] | None = None) -> str:
-    """Cache key of (model weights, image content, normalisation settings), hex SHA-256."""
+    """Cache key of (model weights, encoder speed-ups, image content, normalisation settings),
+    hex SHA-256. The speed-ups (:func:`samlib.models.accel.accelerate`) change the features
+    by float rounding, so embeddings of the stock and the fast encoder are kept apart."""
     payload = json.dumps(
         {
             "format": _FORMAT,
             "model": model_key(model),
+            "encoder": accelerated(model),
             "image": image_hash(rgb8),
             "settings": dict(settings or {}),
         },

@@ -20,6 +20,7 @@ import torch
 from segment_anything.modeling import Sam
 
 from samlib.errors import ChecksumError, ModelNotDownloadedError, UnknownModelError
+from samlib.models.accel import accelerate
 from samlib.models.arch import SamConfig
 from samlib.models.checkpoints import (
     file_sha256,
@@ -228,6 +229,7 @@ def load_model(
     device: str | torch.device | None = None,
     *,
     allow_pickle: bool = False,
+    fast_encoder: bool = False,
 ) -> Sam:
     """Load a SAM model from a registry name or a checkpoint path.
 
@@ -241,6 +243,10 @@ def load_model(
         first.
     allow_pickle : bool
         Allow checkpoints that need full unpickling. Only for files you trust.
+    fast_encoder : bool
+        Speed up the image encoder (:func:`samlib.models.accel.accelerate`), as the app and
+        the command line run models. Embeddings then differ from stock by float rounding,
+        so a result is reproduced bit for bit only with the same choice.
 
     Returns
     -------
@@ -252,7 +258,7 @@ def load_model(
         path = checkpoint_path(key)
         if not path.is_file():
             raise ModelNotDownloadedError(
-                f"model {key!r} is not downloaded; run `python -m samlib download {key}` "
+                f"model {key!r} is not downloaded; run `samlib download {key}` "
                 f"or copy {REGISTRY[key].filename} (from {REGISTRY[key].url}) into "
                 f"{path.parent}"
             )
@@ -277,4 +283,6 @@ def load_model(
     model.samlib_info = ModelInfo(name=name, sha256=sha, config=config, path=str(path))
     if mask_threshold is not None and mask_threshold != model.mask_threshold:
         model.mask_threshold = mask_threshold
+    if fast_encoder:
+        accelerate(model)
     return model
