@@ -3,6 +3,7 @@
 import streamlit as st
 
 from samlib.app.everything_run import run_everything
+from samlib.app.results import everything_recipe
 from ui import everything_ui, results_ui, state
 
 st.title("Segment everything")
@@ -87,7 +88,13 @@ results_ui.results_tabs_ui(
     work,
     result.kept,
     key="everything",
-    source="everything",
-    params={**run.params, **filters, "area_range": list(area_range)},
+    recipe=everything_recipe(
+        work,
+        model,
+        run,
+        filters,
+        area_range,
+        drop_whole_image=st.session_state.get("_drop_whole_image", True),
+    ),
     grid_points=run.grid_points,
 )

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from samlib.app.canvas import merge_prompts
+from samlib.app.results import prompts_recipe
 from samlib.prompts.objects import predict_candidates, records_of
 from ui import prompt_ui, results_ui, state
 
@@ -83,8 +84,8 @@ if objects:
     st.divider()
     st.subheader("Accepted objects")
     records = records_of(objects)
-    params = {"multimask": multimask, "clip_to_box": clip}
-    results_ui.results_tabs_ui(work, records, key="prompts", source="prompts", params=params)
+    recipe = prompts_recipe(work, model, objects)
+    results_ui.results_tabs_ui(work, records, key="prompts", recipe=recipe)
 else:
     st.caption(
         "Accepted objects appear here as a label image, a measurement table and "

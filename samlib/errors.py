@@ -61,3 +61,12 @@ class UnsafeCheckpointError(CheckpointError):
 
 class ModelNotDownloadedError(ModelError):
     """A registered model's checkpoint is not in the local cache yet."""
+
+
+class RecipeError(ParameterError):
+    """A recipe (``params.json``) is not one samlib can replay: bad JSON, an unknown key,
+    another version, or a value out of range."""
+
+
+class ModelMismatchWarning(UserWarning):
+    """The model loaded for a recipe is not the one that produced it (another SHA-256)."""

@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from samlib.models.arch import VIT_TINY, build_sam
 from samlib.models.loading import save_checkpoint
+from samlib.outputs.export import EXPORTS
 from ui import state
 
 # pycocotools (a compiled module, so not filterable by module name) warns under NumPy 2.
@@ -203,6 +204,7 @@ def test_everything_runs_once_and_filters_live_without_the_model(app_env, monkey
 
     monkeypatch.setattr(samlib.everything.candidates, "decode_candidates", boom)
     monkeypatch.setattr("samlib.everything.generate.decode_candidates", boom)
+    monkeypatch.setattr("samlib.app.everything_run.generate_candidates", boom)
     at.slider(key="w_pred_iou_thresh").set_value(0.1).run()
     no_errors(at)
     fewer = metric(at, "After quality & NMS")
@@ -385,7 +387,7 @@ def test_a_failed_run_keeps_the_earlier_results(app_env, monkeypatch):
     def fails(*a, **k):
         raise ParameterError("points_per_side must be in [1, 1024], got 0")
 
-    monkeypatch.setattr("samlib.everything.generate.generate_candidates", fails)
+    monkeypatch.setattr("samlib.app.everything_run.generate_candidates", fails)
     at.button(key="run_everything").click().run()
     assert not at.exception
     assert any("points_per_side" in e.value for e in at.error)
@@ -401,8 +403,8 @@ def test_everything_fast_mode_runs_and_records_it(app_env):
     at.button(key="run_everything").click().run()
     no_errors(at)
     run = at.session_state[state.EVERYTHING]
-    assert run.params["fast_mode"] is True
-    assert run.params["pred_iou_thresh"] == pytest.approx(0.88)  # decoded at the live values
+    assert run.fast is True
+    assert run.params.pred_iou_thresh == pytest.approx(0.88)  # decoded at the live values
 
 
 @pytest.mark.slow
@@ -460,7 +462,7 @@ def test_everything_starts_at_the_thresholds_suggested_for_the_model(app_env, mo
     assert at.slider(key="w_pred_iou_thresh").value == 0.2
     assert at.slider(key="w_stability_score_thresh").value == 0.3
     assert at.number_input(key="w_min_mask_region_area").value == 20
-    assert at.session_state[state.EVERYTHING].params["min_mask_region_area"] == 20
+    assert at.session_state[state.EVERYTHING].params.min_mask_region_area == 20
     assert not [b for b in at.button if b.key == "use_suggested"]  # already in use
     at.slider(key="w_pred_iou_thresh").set_value(0.9).run()
     at.number_input(key="w_min_mask_region_area").set_value(0).run()
@@ -470,3 +472,71 @@ def test_everything_starts_at_the_thresholds_suggested_for_the_model(app_env, mo
     assert at.slider(key="w_pred_iou_thresh").value == 0.2
     assert at.slider(key="w_stability_score_thresh").value == 0.3
     assert at.number_input(key="w_min_mask_region_area").value == 20
+
+
+def app_downloads(at: AppTest, page_key: str) -> dict[str, bytes]:
+    """Prepare the page's downloads; return the files by export format."""
+    open_tab(at, page_key, "Downloads")
+    at.button(key=f"prepare_{page_key}").click().run()
+    no_errors(at)
+    return at.session_state["_downloads"][page_key][1]
+
+
+def cli_replay(tmp_path: Path, command: str, files: dict[str, bytes], model: Path) -> np.ndarray:
+    """Run ``samlib COMMAND disks.tif --recipe params.json`` on the seeded image's data."""
+    import tifffile
+
+    from samlib.cli.parser import main
+    from tests.conftest import make_disks
+
+    img, _ = make_disks(shape=(96, 128), dtype=np.uint16)  # what seeded() put in the session
+    tifffile.imwrite(tmp_path / "disks.tif", img)
+    (tmp_path / "params.json").write_bytes(files["params"])
+    argv = [command, tmp_path / "disks.tif", "--recipe", tmp_path / "params.json"]
+    argv += ["--model", model, "--out", tmp_path / "out", "--export", "all", "--no-cache"]
+    assert main([str(a) for a in argv]) == 0
+    for fmt, export in EXPORTS.items():  # the CLI writes what the app offers, same names
+        assert (tmp_path / "out" / export.file_name).is_file(), fmt
+    return tifffile.imread(tmp_path / "out" / "labels.tif")
+
+
+@pytest.mark.slow
+def test_everything_params_json_replays_to_the_apps_label_image(app_env, tmp_path):
+    import io
+
+    import tifffile
+
+    at = run_everything_page(seeded(new_app()))
+    loosen(at)
+    at.checkbox(key="w_drop_whole_image").uncheck().run()
+    area = next(s for s in at.slider if s.key and s.key.startswith("w_area_"))
+    lo, hi = area.value
+    area.set_value((lo, (lo + hi) // 2)).run()
+    no_errors(at)
+    files = app_downloads(at, "everything")
+    app_labels = tifffile.imread(io.BytesIO(files["labels_tiff"]))
+    assert app_labels.max() == metric(at, "After area filter") > 1
+    assert np.array_equal(cli_replay(tmp_path, "everything", files, app_env), app_labels)
+
+
+def test_prompts_params_json_replays_to_the_apps_label_image(app_env, tmp_path):
+    import io
+
+    import tifffile
+
+    at = prompt_with_typed_point(seeded(new_app()), 40.0, 30.0)
+    at.radio(key="w_pick").set_value(1)
+    at.button(key="add_object").click().run()
+    _add_boxes(at)
+    files = app_downloads(at, "prompts")
+    app_labels = tifffile.imread(io.BytesIO(files["labels_tiff"]))
+    assert app_labels.max() == 3
+    assert np.array_equal(cli_replay(tmp_path, "prompt", files, app_env), app_labels)
+
+
+def test_download_buttons_carry_the_export_names(app_env):
+    at = prompt_with_typed_point(seeded(new_app()), 40.0, 30.0)
+    at.button(key="add_object").click().run()
+    app_downloads(at, "prompts")
+    buttons = {b.proto.label: b for b in at.get("download_button")}
+    assert set(buttons) == {e.file_name for e in EXPORTS.values()}

@@ -12,11 +12,13 @@ import tifffile
 from skimage.draw import disk
 
 from samlib.app.everything_run import area_filter, refilter_run, run_everything
-from samlib.app.results import EXPORTS, export_makers, provenance, record_rows
-from samlib.app.session import DisplaySettings, estimate_encode_seconds, prepare_image
+from samlib.app.results import download_makers, params_json, prompts_recipe, record_rows
+from samlib.app.session import estimate_encode_seconds, prepare_image
 from samlib.errors import ParameterError
+from samlib.image.display import DisplaySettings
 from samlib.image.microscopy import as_image
 from samlib.models.embeddings import compute_embedding
+from samlib.outputs.export import EXPORTS
 from samlib.prompts.objects import (
     PromptedObject,
     PromptSet,
@@ -137,18 +139,25 @@ def test_exports_round_trip_and_provenance(tiny_sam):
         rr, cc = disk((r, c), rad, shape=m.shape)
         m[rr, cc] = True
         masks.append(m)
-    records = records_of([PromptedObject(m, 0.9, 0.95) for m in masks])
+    objects = [
+        PromptedObject(m, 0.9, 0.95, points=np.array([[c + 0.5, r + 0.5]]), labels=np.array([1]))
+        for m, (r, c, _) in zip(masks, ((30, 40, 12), (60, 90, 18)), strict=True)
+    ]
+    records = records_of(objects)
     rows = record_rows(records)
     assert [r["area"] for r in rows] == [int(m.sum()) for m in masks]
-    prov = provenance(work, tiny_sam, source="test", params={"multimask": True}, n_masks=2)
-    files = {k: make() for k, make in export_makers(work, records, prov).items()}
+    params = params_json(work, prompts_recipe(work, tiny_sam, objects), n_masks=2)
+    files = {k: make() for k, make in download_makers(work, records, params).items()}
     assert set(files) == set(EXPORTS)
     labels = tifffile.imread(io.BytesIO(files["labels_tiff"]))
     assert labels.dtype == np.uint16 and labels.max() == 2
     assert np.array_equal(labels == 1, masks[0]) and np.array_equal(labels == 2, masks[1])
     params = json.loads(files["params"])
-    assert params["parameters"] == {"multimask": True} and params["pixel_size_um"] == 0.25
-    assert params["image"]["name"] == "disks.tif"
+    assert params["recipe"] == 1 and params["kind"] == "prompts"
+    assert params["image"]["pixel_size_um"] == 0.25
+    assert params["objects"][1]["points"] == [[90.5, 60.5]]
+    assert params["provenance"]["image"]["name"] == "disks.tif"
+    assert params["provenance"]["n_masks"] == 2
     csv = files["csv"].decode().splitlines()
     assert len(csv) == 3 and "area_um2" in csv[0]
     with zipfile.ZipFile(io.BytesIO(files["rois"])) as z:

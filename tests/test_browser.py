@@ -29,7 +29,8 @@ import torch
 
 from samlib import coords
 from samlib.app.session import prepare_image
-from samlib.datasets.samples import load_sample
+from samlib.cli.parser import main
+from samlib.datasets.samples import DATA_DIR, load_sample
 from samlib.models.arch import VIT_TINY, build_sam
 from samlib.models.embeddings import compute_embedding
 from samlib.models.loading import load_model, save_checkpoint, suggested_params
@@ -225,7 +226,30 @@ def slider_key(pg, label: str, key: str, times: int = 1, scope: str = "") -> Non
     idle(pg)
 
 
-def test_workshop_in_the_browser(page, checkpoint):
+def download(pg, file_name: str, prepared: bool = False) -> bytes:
+    """Click the download button of ``file_name`` on the open page's Downloads tab."""
+    if not prepared:
+        pg.get_by_role("tab", name="Downloads").click()
+        pg.get_by_role("button", name="Prepare downloads").click()
+    pg.get_by_role("button", name=file_name).wait_for()
+    idle(pg)
+    with pg.expect_download() as dl:
+        pg.get_by_role("button", name=file_name).click()
+    assert dl.value.suggested_filename.endswith("_" + file_name)
+    return Path(dl.value.path()).read_bytes()
+
+
+def replay(folder: Path, command: str, params: bytes, checkpoint: Path) -> np.ndarray:
+    """``samlib COMMAND <the sample> --recipe params.json``: its label image."""
+    folder.mkdir()
+    (folder / "params.json").write_bytes(params)
+    image = DATA_DIR / "dsb2018_nuclei" / "image.tif"  # the sample the pages showed
+    argv = [command, image, "--recipe", folder / "params.json", "--model", checkpoint]
+    assert main([str(a) for a in (*argv, "--out", folder / "out", "--no-cache")]) == 0
+    return tifffile.imread(folder / "out" / "labels.tif")
+
+
+def test_workshop_in_the_browser(page, checkpoint, tmp_path):
     pg = page
     # -- Image & model: the default sample is shown with its preview -----------------------
     pg.get_by_text("What SAM sees: dsb2018").wait_for()
@@ -289,6 +313,12 @@ def test_workshop_in_the_browser(page, checkpoint):
     after = wait_metric(pg, "After area filter", lambda v: v < before)
     assert 1 <= after < before
 
+    # -- its params.json replays through the command line to the same label image --------
+    labels, params = download(pg, "labels.tif"), download(pg, "params.json", prepared=True)
+    assert replay(tmp_path / "everything", "everything", params, checkpoint).tolist() == (
+        tifffile.imread(io.BytesIO(labels)).tolist()
+    )
+
     # -- Prompts: a click on the canvas gives a mask at that place ------------------------
     go(pg, "Prompts", "Segment with prompts")
     work = prepare_image(load_sample(PROMPT_SAMPLE)[0])
@@ -336,13 +366,7 @@ def test_workshop_in_the_browser(page, checkpoint):
     idle(pg)
 
     # -- the label TIFF holds both objects, the clicked one where it was clicked ----------
-    pg.get_by_role("tab", name="Downloads").click()
-    pg.get_by_role("button", name="Prepare downloads").click()
-    pg.get_by_role("button", name="labels.tif").wait_for()
-    idle(pg)
-    with pg.expect_download() as dl:
-        pg.get_by_role("button", name="labels.tif").click()
-    labels = tifffile.imread(io.BytesIO(Path(dl.value.path()).read_bytes()))
+    labels = tifffile.imread(io.BytesIO(download(pg, "labels.tif")))
     assert labels.shape == work.rgb8.shape[:2] and labels.dtype == np.uint16
     assert set(np.unique(labels)) <= {0, 1, 2} and labels.max() == 2
     row, col = coords.xy_to_rowcol(*target)
@@ -351,6 +375,8 @@ def test_workshop_in_the_browser(page, checkpoint):
     visible = expected & ~(labels == 2)  # the box's mask may cover part of the first
     inter = (first & visible).sum()
     assert inter / max(1, (first | visible).sum()) > 0.95
+    params = download(pg, "params.json", prepared=True)
+    assert np.array_equal(replay(tmp_path / "prompts", "prompt", params, checkpoint), labels)
 
     # -- Examples & about -----------------------------------------------------------------
     go(pg, "Examples & about", "Examples & about")

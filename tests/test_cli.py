@@ -21,6 +21,7 @@ from samlib.image.io import read_image, to_rgb8
 from samlib.models import embeddings
 from samlib.models.arch import VIT_B
 from samlib.models.embeddings import compute_embedding
+from samlib.models.loading import load_model
 from samlib.prompts.objects import PromptSet, predict_candidates, records_of
 from samlib.prompts.prompting import predict
 from samlib.records.rle import decode_coco
@@ -79,17 +80,19 @@ def test_prompt_writes_the_predicted_masks(scene, capsys, tiny_sam, tiny_checkpo
     assert len(summary["masks"]) == 2
     assert {p.name for p in out_dir.iterdir()} == {
         "labels.tif",
-        "masks.csv",
-        "masks.json",
+        "measurements.csv",
+        "masks_coco.json",
         "params.json",
     }
     rgb = to_rgb8(read_image(scene / "img.tif"))
     prompts = dict(
         points=[[40, 30], [90, 60]], labels=[1, 0], boxes=[[20, 15, 62, 48], [70, 40, 110, 80]]
     )
-    emb = compute_embedding(tiny_sam, rgb)
+    model = load_model(tiny_checkpoint, "cpu", fast_encoder=True)  # as the CLI loads it
+    emb = compute_embedding(model, rgb)
+    tiny_sam = model
     expected = predict(tiny_sam, emb, clip_to_box=True, **prompts).best_masks
-    coco = json.loads((out_dir / "masks.json").read_text())
+    coco = json.loads((out_dir / "masks_coco.json").read_text())
     got = [decode_coco(a["segmentation"]).astype(bool) for a in coco["annotations"]]
     assert len(got) == 2 and all(np.array_equal(g, e) for g, e in zip(got, expected, strict=True))
     argv = ["prompt", scene / "img.tif", "--model", tiny_checkpoint]
@@ -99,18 +102,18 @@ def test_prompt_writes_the_predicted_masks(scene, capsys, tiny_sam, tiny_checkpo
         argv += ["--box", b]
     code, _, err = _run(capsys, *argv, "--no-clip-to-box", "--out", scene / "unclipped")
     assert code == 0, err
-    coco = json.loads((scene / "unclipped" / "masks.json").read_text())
+    coco = json.loads((scene / "unclipped" / "masks_coco.json").read_text())
     raw = [decode_coco(a["segmentation"]).astype(bool) for a in coco["annotations"]]
     unclipped = predict(tiny_sam, emb, **prompts).best_masks
     assert all(np.array_equal(g, e) for g, e in zip(raw, unclipped, strict=True))
     assert any((r & ~g).any() for r, g in zip(raw, got, strict=True))  # the clip did something
-    assert (
-        json.loads((scene / "unclipped" / "params.json").read_text())["parameters"]["clip_to_box"]
-        is False
-    )
+    unclipped_recipe = json.loads((scene / "unclipped" / "params.json").read_text())
+    assert [o["clip_to_box"] for o in unclipped_recipe["objects"]] == [False, False]
     params = json.loads((out_dir / "params.json").read_text())
+    assert params["kind"] == "prompts"
     assert params["model"]["sha256"] == models.file_sha256(tiny_checkpoint)
-    assert params["parameters"]["boxes"][1] == [70, 40, 110, 80]
+    assert params["objects"][1]["box"] == [70, 40, 110, 80]
+    assert params["objects"][1]["points"] == [[40, 30], [90, 60]]
     labels = tifffile.imread(out_dir / "labels.tif")
     assert labels.shape == (96, 128) and set(np.unique(labels)) <= {0, 1, 2}
 
@@ -131,9 +134,10 @@ def test_prompt_records_equal_the_apps(scene, capsys, tiny_sam, tiny_checkpoint)
         np.array([1, 0]),
         np.array([[20.0, 15, 62, 48], [70, 40, 110, 80]]),
     )
-    emb = compute_embedding(tiny_sam, rgb)
-    app = records_of(predict_candidates(tiny_sam, emb, prompts).objects())
-    coco = json.loads((scene / "out" / "masks.json").read_text())["annotations"]
+    model = load_model(tiny_checkpoint, "cpu", fast_encoder=True)  # as the app loads it
+    emb = compute_embedding(model, rgb)
+    app = records_of(predict_candidates(model, emb, prompts).objects())
+    coco = json.loads((scene / "out" / "masks_coco.json").read_text())["annotations"]
     assert len(app) == len(coco) == 2
     for rec, ann in zip(app, coco, strict=True):
         assert np.array_equal(decode_coco(ann["segmentation"]), rec["segmentation"])
@@ -153,10 +157,10 @@ def test_second_run_reuses_the_cached_embedding(scene, capsys, tiny_checkpoint, 
     monkeypatch.setattr(embeddings, "compute_embedding", no_encoder)
     code, _, err = _run(capsys, *argv, "--out", scene / "b")
     assert code == 0, err
-    first = (scene / "a" / "masks.json").read_text()
+    first = (scene / "a" / "masks_coco.json").read_text()
     assert (
         json.loads(first)["annotations"]
-        == json.loads((scene / "b" / "masks.json").read_text())["annotations"]
+        == json.loads((scene / "b" / "masks_coco.json").read_text())["annotations"]
     )
     with pytest.raises(AssertionError, match="encoded again"):  # --no-cache always encodes
         main([str(a) for a in argv] + ["--out", str(scene / "c"), "--no-cache"])
@@ -185,13 +189,15 @@ def test_everything_writes_exports(scene, capsys, tiny_checkpoint):
     )
     assert code == 0, err
     summary = json.loads(out)
-    coco = json.loads((out_dir / "masks.json").read_text())
+    coco = json.loads((out_dir / "masks_coco.json").read_text())
     assert summary["masks"] == len(coco["annotations"]) >= 1
     params = json.loads((out_dir / "params.json").read_text())
-    assert params["parameters"]["generator"]["points_per_side"] == 4
+    assert params["kind"] == "everything"
+    assert params["everything"]["generator"]["points_per_side"] == 4
+    assert params["filters"]["min_area"] == 1 and params["filters"]["drop_whole_image"] is False
     labels = tifffile.imread(out_dir / "labels.tif")
     assert labels.shape == (96, 128) and labels.max() <= summary["masks"]
-    assert (out_dir / "masks.csv").read_text().count("\n") == summary["masks"] + 1
+    assert (out_dir / "measurements.csv").read_text().count("\n") == summary["masks"] + 1
 
 
 def test_everything_unknown_parameter(scene, capsys, tiny_checkpoint):
@@ -329,7 +335,7 @@ def test_everything_starts_from_the_models_suggested_thresholds(scene, capsys):
         "--quiet",
     )
     assert code == 0, err
-    used = json.loads((out_dir / "params.json").read_text())["parameters"]["generator"]
+    used = json.loads((out_dir / "params.json").read_text())["everything"]["generator"]
     suggested = suggested_params("small_cnn")
     assert used["stability_score_thresh"] == 0.42  # --set wins
     for key, value in suggested.items():

@@ -17,17 +17,17 @@ from skimage.draw import disk, polygon
 
 from samlib.errors import ParameterError
 from samlib.outputs.export import (
-    FILE_NAMES,
+    EXPORTS,
     coco_dict,
     export_all,
     label_image,
     label_png_bytes,
     label_tiff_bytes,
     mask_pngs_zip_bytes,
-    provenance,
     roi_zip_bytes,
     write_exports,
 )
+from samlib.outputs.provenance import provenance
 from samlib.outputs.roi import mask_contour_xy
 from samlib.records.masks import labels_from_masks, labels_from_records
 from samlib.records.rle import decode_coco, encode_coco
@@ -156,26 +156,33 @@ def test_export_all_and_write(tmp_path):
     records = _records()
     image = np.zeros((*SHAPE, 2), np.uint16)
     image[..., 1] = 5
-    prov = provenance({"points_per_side": 32}, model_name="vit_tiny", model_sha256="ab" * 32)
-    files = export_all(records, SHAPE, intensities=image, pixel_size_um=0.5, provenance=prov)
-    assert set(files) == set(FILE_NAMES.values())
-    table = pd.read_csv(io.BytesIO(files["masks.csv"][0]))
+    params = {"recipe": 1, "provenance": provenance(image_name="x.tif", n_masks=3)}
+    files = export_all(records, SHAPE, intensities=image, pixel_size_um=0.5, params=params)
+    assert set(files) == set(EXPORTS)
+    table = pd.read_csv(io.BytesIO(files["csv"]))
     assert table["id"].tolist() == [1, 2, 3]
     assert table["mean_intensity_c1"].tolist() == [5, 5, 5]
     assert table["area_um2"].tolist() == pytest.approx([r["area"] * 0.25 for r in records])
-    params = json.loads(files["params.json"][0])
-    assert params["parameters"] == {"points_per_side": 32}
-    assert params["model"] == {"name": "vit_tiny", "sha256": "ab" * 32}
-    assert params["versions"]["samlib"]
+    written_params = json.loads(files["params"])
+    assert written_params["recipe"] == 1
+    assert written_params["provenance"]["versions"]["samlib"]
+    assert written_params["provenance"]["image"] == {"name": "x.tif", "sha256": None}
     written = write_exports(tmp_path / "out", records, formats=["labels_tiff", "params"])
-    assert sorted(written) == ["labels.tif", "params.json"]
+    assert sorted(p.name for p in written.values()) == ["labels.tif", "params.json"]
     np.testing.assert_array_equal(
-        tifffile.imread(written["labels.tif"]), labels_from_records(records)
+        tifffile.imread(written["labels_tiff"]), labels_from_records(records)
     )
     empty = export_all([], SHAPE, formats=["labels_tiff", "coco"])
-    assert tifffile.imread(io.BytesIO(empty["labels.tif"][0])).max() == 0
+    assert tifffile.imread(io.BytesIO(empty["labels_tiff"])).max() == 0
     with pytest.raises(ParameterError, match="bogus"):
         export_all(records, formats=["bogus"])
+
+
+@pytest.mark.parametrize("fmt", sorted(EXPORTS))
+def test_each_format_is_written_under_its_one_name(tmp_path, fmt):
+    written = write_exports(tmp_path, _records(), SHAPE, formats=[fmt])
+    assert [p.name for p in written.values()] == [EXPORTS[fmt].file_name]
+    assert written[fmt].stat().st_size > 0
 
 
 def test_label_image_from_records_and_empty():

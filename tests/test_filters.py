@@ -62,13 +62,17 @@ def test_whole_image_outlier_is_found(records):
 def test_filter_counts_and_area_limits(records):
     areas = [r["area"] for r in records]
     report = filter_records(records, min_area=areas[1] + 1)
-    assert report.counts() == {"total": 4, "after_outliers": 3, "after_area": 2}
-    assert report.kept.tolist() == [2, 3]
-    assert [r["area"] for r in report.select(records)] == areas[2:]
+    assert report.counts() == {"candidates": 4, "records": 4, "after_outliers": 3, "after_area": 2}
+    assert report.kept_indices.tolist() == [2, 3]
+    assert [r["area"] for r in report.kept] == areas[2:]
     report = filter_records(records, min_area=areas[1], max_area=areas[2])
-    assert report.kept.tolist() == [1, 2]  # inclusive bounds
+    assert report.kept_indices.tolist() == [1, 2]  # inclusive bounds
     report = filter_records(records, drop_whole_image=False)
-    assert report.kept.tolist() == [0, 1, 2, 3] and report.outliers.tolist() == [0]
+    assert report.kept_indices.tolist() == [0, 1, 2, 3] and report.outliers.tolist() == [0]
+    assert list(report.status()) == ["kept"] * 4
+    dropped = filter_records(records, min_area=areas[1] + 1, n_candidates=9)
+    assert list(dropped.status()) == ["whole image", "outside area range", "kept", "kept"]
+    assert dropped.counts()["candidates"] == 9
 
 
 def test_area_in_um2():

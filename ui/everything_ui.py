@@ -8,10 +8,11 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from samlib.app.everything_run import EverythingRun, FilteredRun, area_filter, refilter_run
+from samlib.app.everything_run import EverythingRun, area_filter, refilter_run
 from samlib.app.session import WorkImage
 from samlib.everything.params import OUTPUT_MODES, PARAM_HELP, GeneratorParams
 from samlib.models.loading import suggested_params
+from samlib.records.filters import FilterResult
 from ui import state
 
 DEFAULTS = GeneratorParams()
@@ -174,7 +175,7 @@ def current_thresholds(model: Any = None) -> dict[str, float]:
 def filter_ui(run: EverythingRun, model: Any = None) -> dict[str, float]:
     """Live quality and duplicate filters (no model run); return their values."""
     names = ["pred_iou_thresh", "stability_score_thresh", "box_nms_thresh"]
-    if run.params.get("crop_n_layers", 0):
+    if run.params.crop_n_layers:
         names.append("crop_nms_thresh")
     start = threshold_defaults(model)
     suggested = suggested_params(model)
@@ -214,7 +215,7 @@ def filter_ui(run: EverythingRun, model: Any = None) -> dict[str, float]:
     return f
 
 
-def apply_filters(run: EverythingRun, filters: dict[str, float]) -> FilteredRun:
+def apply_filters(run: EverythingRun, filters: dict[str, float]) -> FilterResult:
     """Re-filter the run's candidates (memoised per session: reruns cost nothing)."""
     memo = st.session_state.setdefault("_refilter_memo", {})
     sig = (id(run), tuple(sorted(filters.items())))
@@ -225,7 +226,7 @@ def apply_filters(run: EverythingRun, filters: dict[str, float]) -> FilteredRun:
     return memo.get(sig) or refilter_run(run)
 
 
-def counts_ui(result: FilteredRun) -> None:
+def counts_ui(result: FilterResult) -> None:
     """The number of masks after each step."""
     c = st.columns(4)
     c[0].metric("Decoded candidates", result.n_candidates)
@@ -242,7 +243,7 @@ def counts_ui(result: FilteredRun) -> None:
     )
 
 
-def area_ui(result: FilteredRun, work: WorkImage) -> tuple[int, int]:
+def area_ui(result: FilterResult, work: WorkImage) -> tuple[int, int]:
     """Whole-image exclusion and the min/max area slider; return the area range (px)."""
     h, w = work.rgb8.shape[:2]
     drop = state.kept(
@@ -281,13 +282,13 @@ def area_ui(result: FilteredRun, work: WorkImage) -> tuple[int, int]:
     return int(rng[0]), int(rng[1])
 
 
-def apply_area(result: FilteredRun, area_range: tuple[int, int]) -> FilteredRun:
+def apply_area(result: FilterResult, area_range: tuple[int, int]) -> FilterResult:
     """Apply the whole-image and area filters chosen in :func:`area_ui`."""
     drop = st.session_state.get("_drop_whole_image", True)
     return area_filter(result, area_range, drop_whole_image=drop)
 
 
-def histogram_ui(result: FilteredRun, area_range: tuple[int, int]) -> None:
+def histogram_ui(result: FilterResult, area_range: tuple[int, int]) -> None:
     """Histogram of mask areas, coloured by filter outcome, with the kept range shaded."""
     log_x = st.session_state.get("_log_area", True)
     areas = result.areas.astype(float)

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from samlib.app.session import MAX_PROJECTION, DisplaySettings, WorkImage, prepare_image
+from samlib.app.session import WorkImage, prepare_image
 from samlib.datasets import samples
+from samlib.image.display import MAX_PROJECTION, DisplaySettings
 from samlib.image.io import read_image
 from samlib.image.microscopy import MicroscopyImage
 from ui import state

@@ -10,9 +10,11 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from samlib.app.results import EXPORTS, export_makers, provenance, record_rows
+from samlib.app.results import download_makers, params_json, record_rows
 from samlib.app.session import WorkImage
 from samlib.outputs import measure, overlay
+from samlib.outputs.export import EXPORTS
+from samlib.recipe import Recipe
 from ui import state
 
 LAYERS = ["masks", "outlines", "boxes", "grid points"]
@@ -102,7 +104,7 @@ def _signature(work: WorkImage, records: Sequence[Mapping[str, Any]]) -> tuple:
 
 
 def downloads_ui(
-    work: WorkImage, records: Sequence[Mapping[str, Any]], key: str, prov: Mapping[str, Any]
+    work: WorkImage, records: Sequence[Mapping[str, Any]], key: str, recipe: Recipe
 ) -> None:
     """Build every export format on request, then offer one download button per file."""
     stem = work.name.rsplit(".", 1)[0]
@@ -116,17 +118,18 @@ def downloads_ui(
         )
         if st.button("Prepare downloads", key=f"prepare_{key}", icon=":material/package_2:"):
             with st.spinner("Writing files..."), state.guard("Preparing downloads"):
-                makers = export_makers(work, records, dict(prov))
+                makers = download_makers(work, records, params_json(work, recipe, len(records)))
                 store[key] = (sig, {fmt: make() for fmt, make in makers.items()})
                 st.rerun()
         return
     cols = st.columns(4)
-    for j, (fmt, (suffix, mime)) in enumerate(EXPORTS.items()):
+    for j, (fmt, export) in enumerate(EXPORTS.items()):
         cols[j % 4].download_button(
-            suffix,
+            export.file_name,
             files[fmt],
-            file_name=f"{stem}_{suffix}",
-            mime=mime,
+            file_name=f"{stem}_{export.file_name}",
+            mime=export.mime,
+            help=export.what,
             key=f"dl_{key}_{fmt}",
             icon=":material/download:",
         )
@@ -140,8 +143,7 @@ def results_tabs_ui(
     work: WorkImage,
     records: Sequence[Mapping[str, Any]],
     key: str,
-    source: str,
-    params: Mapping[str, Any],
+    recipe: Recipe,
     grid_points: np.ndarray | None = None,
 ) -> None:
     """Tabs: overlay, records, measurements, gallery, downloads (and evaluation if possible)."""
@@ -180,10 +182,8 @@ def results_tabs_ui(
             gallery_ui(work, records, key)
     if tabs["Downloads"].open:
         with tabs["Downloads"]:
-            model = state.get_model()
-            prov = provenance(work, model, source=source, params=params, n_masks=len(records))
             with state.guard("Preparing downloads"):
-                downloads_ui(work, records, key, prov)
+                downloads_ui(work, records, key, recipe)
     if "Compare with reference" in tabs and tabs["Compare with reference"].open:
         with tabs["Compare with reference"], state.guard("Comparing with the reference"):
             evaluation_ui(work, records)

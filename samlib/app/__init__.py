@@ -1,6 +1,6 @@
 """The UI-free models of the Streamlit pages.
 
-A user's image and settings, runs, prompted objects, results.
+A user's image and settings, runs, prompted objects, results and their recipes.
 
 May import: every subpackage but cli. Never streamlit.
 """
@@ -16,21 +16,19 @@ from samlib.app.canvas import (
 )
 from samlib.app.everything_run import (
     EverythingRun,
-    FilteredRun,
     area_filter,
     refilter_run,
     run_everything,
 )
 from samlib.app.results import (
-    EXPORTS,
-    export_makers,
-    provenance,
+    download_makers,
+    everything_recipe,
+    params_json,
+    prompts_recipe,
     record_rows,
 )
 from samlib.app.selftest import checkpoint_table, environment_report, self_test
 from samlib.app.session import (
-    MAX_PROJECTION,
-    DisplaySettings,
     WorkImage,
     estimate_encode_seconds,
     prepare_image,
@@ -43,19 +41,17 @@ __all__ = [
     "merge_prompts",
     "prompts_from_canvas",
     "EverythingRun",
-    "FilteredRun",
     "area_filter",
     "refilter_run",
     "run_everything",
-    "EXPORTS",
-    "export_makers",
-    "provenance",
+    "download_makers",
+    "everything_recipe",
+    "params_json",
+    "prompts_recipe",
     "record_rows",
     "checkpoint_table",
     "environment_report",
     "self_test",
-    "DisplaySettings",
-    "MAX_PROJECTION",
     "WorkImage",
     "estimate_encode_seconds",
     "prepare_image",

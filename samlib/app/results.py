@@ -1,20 +1,26 @@
-"""Tables, provenance and downloadable files for a set of mask records shown in the app."""
+"""Tables, recipes and downloadable files for a set of mask records shown in the app.
+
+The pages describe what they did as a :class:`~samlib.recipe.Recipe`; its JSON, with the
+provenance beside it, is the ``params.json`` of the downloads, which the command line
+replays (``samlib everything IMAGE --recipe params.json``).
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
+from samlib.app.everything_run import EverythingRun
 from samlib.app.session import WorkImage
+from samlib.outputs.export import export_makers
+from samlib.outputs.provenance import provenance
+from samlib.prompts.objects import PromptedObject
+from samlib.recipe import EverythingSettings, LiveFilters, ModelRef, ObjectPrompts, Recipe
+from samlib.records.masks import record_shape
 
 
 def record_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The workshop's record keys as table rows (the segmentation summarised by its size)."""
-    from samlib.records.masks import record_shape
-
     rows = []
     for i, r in enumerate(records, start=1):
         h, w = record_shape(r)
@@ -33,69 +39,78 @@ def record_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def provenance(
-    work: WorkImage, model, *, source: str, params: dict[str, Any], n_masks: int
-) -> dict[str, Any]:
-    """Everything that produced a set of masks: image, display settings, model, parameters."""
-    from samlib.outputs.export import provenance as export_provenance
-
+def _model_ref(model) -> ModelRef:
     info = getattr(model, "samlib_info", None)
-    return export_provenance(
-        params,
-        model_name=getattr(info, "name", None),
-        model_sha256=getattr(info, "sha256", None),
-        image_name=work.name,
-        image_sha256=work.image.hash,
-        extra={
-            "source": source,
-            "display": work.settings.as_dict(),
-            "pixel_size_um": work.pixel_size_um,
-            "n_masks": int(n_masks),
-            "overlap_rule": "area (larger masks painted first)",
-        },
+    return ModelRef(getattr(info, "name", "model"), getattr(info, "sha256", None))
+
+
+def everything_recipe(
+    work: WorkImage,
+    model,
+    run: EverythingRun,
+    thresholds: dict[str, float],
+    area_range: tuple[float, float],
+    *,
+    drop_whole_image: bool = True,
+) -> Recipe:
+    """The recipe of what the Segment everything page shows: the run and the live filters."""
+    everything = EverythingSettings(
+        generator=run.params,
+        fast=run.fast,
+        iou_floor=run.candidates.iou_floor,
+        stability_floor=run.candidates.stability_floor,
+    )
+    # thresholds the page does not show stay those the run decoded with, as in refilter
+    decoded = {name: getattr(run.params, name) for name in LiveFilters().thresholds()}
+    filters = LiveFilters(
+        **{**decoded, **thresholds},
+        drop_whole_image=drop_whole_image,
+        min_area=area_range[0],
+        max_area=area_range[1],
+    )
+    return Recipe(
+        kind="everything",
+        model=_model_ref(model),
+        image=work.settings,
+        pixel_size_um=work.pixel_size_um,
+        everything=everything,
+        filters=filters,
     )
 
 
-#: Download name suffix and MIME type of each export, in the order the UI offers them.
-EXPORTS = {
-    "labels_tiff": ("labels.tif", "image/tiff"),
-    "labels_png": ("labels.png", "image/png"),
-    "csv": ("measurements.csv", "text/csv"),
-    "coco": ("masks_coco.json", "application/json"),
-    "masks_zip": ("masks_png.zip", "application/zip"),
-    "rois": ("rois_imagej.zip", "application/zip"),
-    "params": ("params.json", "application/json"),
-}
+def prompts_recipe(work: WorkImage, model, objects: Sequence[PromptedObject]) -> Recipe:
+    """The recipe of the Prompts page's accepted objects."""
+    return Recipe(
+        kind="prompts",
+        model=_model_ref(model),
+        image=work.settings,
+        pixel_size_um=work.pixel_size_um,
+        objects=tuple(ObjectPrompts.of(o) for o in objects),
+    )
 
 
-def export_makers(
-    work: WorkImage, records: Sequence[dict[str, Any]], prov: dict[str, Any]
+def params_json(work: WorkImage, recipe: Recipe, n_masks: int) -> dict[str, Any]:
+    """The content of ``params.json``: the recipe and, beside it, its provenance."""
+    prov = provenance(
+        image_name=work.name,
+        image_sha256=work.image.hash,
+        n_masks=n_masks,
+        source=f"app: {recipe.kind}",
+    )
+    return recipe.with_provenance(prov).to_dict()
+
+
+def download_makers(
+    work: WorkImage, records: Sequence[dict[str, Any]], params: dict[str, Any]
 ) -> dict[str, Callable[[], bytes]]:
-    """One zero-argument function per export format (keys of :data:`EXPORTS`).
-
-    Each builds its file only when called, so a page can offer every format without
-    paying for the ones nobody downloads. Label images paint larger masks first (see
-    :func:`samlib.records.masks.paint_order`), so small masks on large ones stay visible.
-    """
-    from samlib.outputs import export, measure
-    from samlib.records.masks import labels_from_records
-
-    shape = work.rgb8.shape[:2]
-
-    def labels() -> np.ndarray:
-        return labels_from_records(records, shape=shape)
-
-    def table():
-        return measure.measure_records(
-            records, work.image, plane=work.settings.plane, pixel_size_um=work.pixel_size_um
-        )
-
-    return {
-        "labels_tiff": lambda: export.label_tiff_bytes(labels(), pixel_size_um=work.pixel_size_um),
-        "labels_png": lambda: export.label_png_bytes(labels()),
-        "csv": lambda: export.csv_bytes(table()),
-        "coco": lambda: export.coco_json_bytes(records, image_name=work.name, image_size=shape),
-        "masks_zip": lambda: export.mask_pngs_zip_bytes(records),
-        "rois": lambda: export.roi_zip_bytes(records),
-        "params": lambda: json.dumps(prov, indent=2).encode(),
-    }
+    """One zero-argument function per export format (keys of
+    :data:`samlib.outputs.export.EXPORTS`), for the image the page shows."""
+    return export_makers(
+        records,
+        work.rgb8.shape[:2],
+        intensities=work.image,
+        plane=work.settings.plane,
+        pixel_size_um=work.pixel_size_um,
+        params=params,
+        image_name=work.name,
+    )

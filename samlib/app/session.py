@@ -6,46 +6,14 @@ the logic so that it stays testable without a UI (it never imports streamlit).
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 
 import numpy as np
 
 from samlib.errors import ParameterError
-from samlib.image.display import DEFAULT_PERCENTILES, default_channels, to_rgb8
+from samlib.image.display import DisplaySettings
 from samlib.image.microscopy import MicroscopyImage, image_hash
-
-#: Plane choice for the maximum intensity projection.
-MAX_PROJECTION = "max"
-
-
-@dataclass(frozen=True)
-class DisplaySettings:
-    """How an image is turned into RGB for SAM (see :func:`samlib.image.display.to_rgb8`).
-
-    Attributes
-    ----------
-    channels : (R, G, B) source channel index or None (black)
-    percentiles : (low, high) in percent
-    gamma : float
-    plane : int or "max"
-    """
-
-    channels: tuple[int | None, int | None, int | None] = (0, 0, 0)
-    percentiles: tuple[float, float] = DEFAULT_PERCENTILES
-    gamma: float = 1.0
-    plane: int | str = 0
-
-    @classmethod
-    def default_for(cls, image: MicroscopyImage) -> DisplaySettings:
-        """The default settings for an image: its first plane, default channel mapping."""
-        return cls(channels=default_channels(image.n_channels))
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain-JSON form, used in cache keys and provenance files."""
-        return json.loads(json.dumps(asdict(self)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,13 +79,7 @@ def prepare_image(
     settings = settings or DisplaySettings.default_for(image)
     if pixel_size_um is not None and not (np.isfinite(pixel_size_um) and pixel_size_um > 0):
         raise ParameterError(f"pixel size must be a positive number of µm, got {pixel_size_um!r}")
-    rgb8 = to_rgb8(
-        image,
-        channels=settings.channels,
-        percentiles=settings.percentiles,
-        gamma=settings.gamma,
-        plane=settings.plane,
-    )
+    rgb8 = settings.render(image)
     if ground_truth is not None and ground_truth.shape[:2] != rgb8.shape[:2]:
         ground_truth = None  # a reference for another size cannot be compared
     return WorkImage(image, rgb8, settings, pixel_size_um, ground_truth, description)

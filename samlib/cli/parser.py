@@ -1,4 +1,4 @@
-"""``python -m samlib``: environment check, downloads, prompts, segment everything, evaluation.
+"""``samlib`` (also ``python -m samlib``): check, downloads, prompts, segment everything, scores.
 
 Every subcommand exits with status 0 on success; on bad input or a failure it prints one
 line ``samlib: error: <reason>`` to stderr and exits with status 2 (1 for an unexpected
@@ -85,10 +85,12 @@ def _image_options(p: argparse.ArgumentParser) -> None:
         "--channels", type=_channels, default=None, help="C or R,G,B source channels (- = black)"
     )
     g.add_argument(
-        "--percentiles", type=_percentiles, default=(1.0, 99.8), help="LOW,HIGH (default 1,99.8)"
+        "--percentiles", type=_percentiles, default=None, help="LOW,HIGH (default 1,99.8)"
     )
-    g.add_argument("--gamma", type=float, default=1.0)
-    g.add_argument("--plane", default="0", help="plane index of a stack, or 'max' for a projection")
+    g.add_argument("--gamma", type=float, default=None, help="(default 1)")
+    g.add_argument(
+        "--plane", default=None, help="plane of a stack, or 'max' for a projection (default 0)"
+    )
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
@@ -113,10 +115,33 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _result_options(p: argparse.ArgumentParser) -> None:
+    """``--recipe``, ``--out`` and ``--export``: what prompt and everything share."""
+    p.add_argument(
+        "--recipe",
+        type=Path,
+        default=None,
+        help="params.json from the app or an earlier run: replay its settings exactly",
+    )
+    p.add_argument(
+        "--ignore-model-hash",
+        action="store_true",
+        help="no warning when the model's weights are not the recipe's",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument(
+        "--export",
+        default=None,
+        metavar="FORMAT[,FORMAT]",
+        help="files to write: labels_tiff, labels_png, csv, coco, masks_zip, rois, params, or "
+        "all (default: labels_tiff,csv,coco,params)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m samlib``."""
     parser = argparse.ArgumentParser(
-        prog="python -m samlib", description="Segment Anything for microscopy images."
+        prog="samlib", description="Segment Anything for microscopy images."
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -150,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep mask pixels that lie outside their box (the app, like this command, drops "
         "them by default)",
     )
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    _result_options(p)
     _model_options(p)
     _image_options(p)
 
@@ -179,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep-whole-image", action="store_true", help="keep masks covering most of the image"
     )
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    _result_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _model_options(p)
     _image_options(p)

@@ -37,6 +37,7 @@ from samlib.everything.candidates import (
     Progress,
     decode_candidates,
 )
+from samlib.everything.fastmode import fast_candidates
 from samlib.everything.params import OUTPUT_MODES, PARAM_HELP, GeneratorParams
 from samlib.everything.refilter import refilter
 from samlib.image.display import check_rgb8
@@ -59,6 +60,7 @@ def generate_candidates(
     rgb8: np.ndarray,
     params: GeneratorParams | None = None,
     *,
+    fast: bool = False,
     iou_floor: float | None = None,
     stability_floor: float | None = None,
     embedding: Any = None,
@@ -74,6 +76,9 @@ def generate_candidates(
         (H, W, 3) uint8 RGB image.
     params : GeneratorParams, optional
         Grid, crops and stability offset (default: the stock defaults).
+    fast : bool
+        Decode with the approximate fast mode (:mod:`samlib.everything.fastmode`), at the
+        thresholds in ``params``, which then are the floors.
     iou_floor, stability_floor : float, optional
         Lowest thresholds :func:`refilter` will accept later (defaults
         :data:`DEFAULT_IOU_FLOOR`, :data:`DEFAULT_STABILITY_FLOOR`, capped at the
@@ -88,9 +93,12 @@ def generate_candidates(
     Candidates
     """
     params = params or GeneratorParams()
+    rgb8 = check_rgb8(rgb8)
+    if fast:
+        return fast_candidates(model, rgb8, params, embedding=embedding, progress=progress)
     return decode_candidates(
         model,
-        check_rgb8(rgb8),
+        rgb8,
         params,
         iou_floor=iou_floor,
         stability_floor=stability_floor,
@@ -135,19 +143,14 @@ def segment_everything(
         (XYWH).
     """
     p = GeneratorParams.from_kwargs(**params)
-    rgb8 = check_rgb8(rgb8)
-    if fast:
-        from samlib.everything.fastmode import fast_candidates
-
-        cands = fast_candidates(model, rgb8, p, embedding=embedding, progress=progress)
-    else:
-        cands = decode_candidates(
-            model,
-            rgb8,
-            p,
-            iou_floor=p.pred_iou_thresh,
-            stability_floor=p.stability_score_thresh,
-            embedding=embedding,
-            progress=progress,
-        )
+    cands = generate_candidates(
+        model,
+        rgb8,
+        p,
+        fast=fast,
+        iou_floor=p.pred_iou_thresh,
+        stability_floor=p.stability_score_thresh,
+        embedding=embedding,
+        progress=progress,
+    )
     return refilter(cands, p)

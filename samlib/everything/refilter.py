@@ -207,3 +207,18 @@ def _records(
             )
         )
     return out
+
+
+def refilter_live(cands: Candidates, **thresholds: float) -> list:
+    """:func:`refilter` for a live filter: thresholds below the candidates' floors act as the
+    floors (those candidates were never kept), so any slider value gives valid records.
+
+    ``thresholds``: any of pred_iou_thresh, stability_score_thresh, box_nms_thresh,
+    crop_nms_thresh.
+    """
+    t = dict(thresholds)
+    if "pred_iou_thresh" in t:
+        t["pred_iou_thresh"] = max(t["pred_iou_thresh"], cands.iou_floor)
+    if "stability_score_thresh" in t:
+        t["stability_score_thresh"] = max(t["stability_score_thresh"], cands.stability_floor)
+    return refilter(cands, **t)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from samlib.image.display import (
     DEFAULT_PERCENTILES,
+    MAX_PROJECTION,
+    DisplaySettings,
     channel_limits,
     check_rgb8,
     default_channels,
@@ -23,6 +25,8 @@ from samlib.image.microscopy import (
 )
 
 __all__ = [
+    "MAX_PROJECTION",
+    "DisplaySettings",
     "check_rgb8",
     "DEFAULT_PERCENTILES",
     "channel_limits",

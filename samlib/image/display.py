@@ -6,7 +6,10 @@ R, G and B, the percentile range mapped to 0..255 (per channel), a gamma, and th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -169,3 +172,44 @@ def check_rgb8(rgb8: object) -> np.ndarray:
     if rgb8.shape[0] == 0 or rgb8.shape[1] == 0:
         raise ImageError(f"the image has an empty axis: shape {rgb8.shape}")
     return rgb8
+
+
+#: Plane choice for the maximum intensity projection.
+MAX_PROJECTION = "max"
+
+
+@dataclass(frozen=True)
+class DisplaySettings:
+    """How an image is turned into RGB for SAM (see :func:`to_rgb8`).
+
+    Attributes
+    ----------
+    channels : (R, G, B) source channel index or None (black)
+    percentiles : (low, high) in percent
+    gamma : float
+    plane : int or "max"
+    """
+
+    channels: tuple[int | None, int | None, int | None] = (0, 0, 0)
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    gamma: float = 1.0
+    plane: int | str = 0
+
+    @classmethod
+    def default_for(cls, image: MicroscopyImage) -> DisplaySettings:
+        """The default settings for an image: its first plane, default channel mapping."""
+        return cls(channels=default_channels(image.n_channels))
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain-JSON form, used in cache keys and recipes."""
+        return json.loads(json.dumps(asdict(self)))
+
+    def render(self, image: MicroscopyImage) -> np.ndarray:
+        """``image`` as the ``(H, W, 3)`` uint8 RGB that SAM sees (:func:`to_rgb8`)."""
+        return to_rgb8(
+            image,
+            channels=self.channels,
+            percentiles=self.percentiles,
+            gamma=self.gamma,
+            plane=self.plane,
+        )

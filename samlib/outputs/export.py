@@ -1,7 +1,9 @@
-"""Exports of mask records: label image, per-mask PNGs, COCO RLE, CSV, ImageJ ROIs, provenance.
+"""Exports of mask records: label image, per-mask PNGs, COCO RLE, CSV, ImageJ ROIs, recipe.
 
-Every ``*_bytes`` function returns the file's content (for a download button);
-:func:`write_exports` writes them all to a folder. Overlaps in label images are resolved
+:data:`EXPORTS` names each format's file, the same in the app's downloads and the command
+line's output. Every ``*_bytes`` function returns a file's content (for a download
+button); :func:`export_makers` builds them on demand and :func:`write_exports` writes them
+to a folder. Overlaps in label images are resolved
 by :func:`samlib.records.masks.paint_order`: by default larger masks are painted first, so a
 smaller mask lying on a larger one stays visible.
 """
@@ -11,11 +13,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import platform
-import sys
 import zipfile
-from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ from PIL import Image
 
 from samlib.errors import ParameterError
 from samlib.image.microscopy import MicroscopyImage, as_image
+from samlib.outputs.measure import measure_records
+from samlib.outputs.provenance import now
 from samlib.outputs.roi import roi_zip_bytes
 from samlib.records.masks import labels_from_records, masks_of, record_shape
 from samlib.records.rle import encode_coco
@@ -37,10 +39,12 @@ __all__ = [
     "label_png_bytes",
     "label_tiff_bytes",
     "mask_pngs_zip_bytes",
-    "provenance",
-    "provenance_json_bytes",
     "roi_zip_bytes",
+    "EXPORTS",
+    "ExportFormat",
+    "check_formats",
     "export_all",
+    "export_makers",
     "write_exports",
 ]
 
@@ -168,7 +172,7 @@ def coco_dict(
             ann["score"] = float(r["predicted_iou"])
         annotations.append(ann)
     return {
-        "info": {"description": "Segment Anything masks", "date_created": _now()},
+        "info": {"description": "Segment Anything masks", "date_created": now()},
         "images": [{"id": 1, "file_name": image_name, "height": int(h), "width": int(w)}],
         "annotations": annotations,
         "categories": [{"id": 1, "name": category}],
@@ -185,86 +189,43 @@ def csv_bytes(table: pd.DataFrame) -> bytes:
     return table.to_csv(index=False).encode()
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+@dataclass(frozen=True)
+class ExportFormat:
+    """One export: its file name (the same in app downloads and CLI output), MIME type,
+    and what it holds."""
+
+    file_name: str
+    mime: str
+    what: str
 
 
-def provenance(
-    params: Mapping[str, Any] | None = None,
-    *,
-    model_name: str | None = None,
-    model_sha256: str | None = None,
-    image_name: str | None = None,
-    image_sha256: str | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Return what produced a result: every parameter, model name + hash, image, versions."""
-    import samlib
-
-    versions = {
-        "samlib": samlib.__version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-    }
-    for mod in ("torch", "segment_anything", "skimage", "tifffile"):
-        if mod in sys.modules:
-            versions[mod] = getattr(sys.modules[mod], "__version__", "unknown")
-    return _jsonable(
-        {
-            "created": _now(),
-            "model": {"name": model_name, "sha256": model_sha256},
-            "image": {"name": image_name, "sha256": image_sha256},
-            "parameters": dict(params or {}),
-            "versions": versions,
-            **dict(extra or {}),
-        }
-    )
-
-
-def provenance_json_bytes(params: Mapping[str, Any] | None = None, **kwargs: Any) -> bytes:
-    """:func:`provenance` as UTF-8 JSON bytes."""
-    return json.dumps(provenance(params, **kwargs), indent=2).encode()
-
-
-_provenance_dict = provenance  # export_all's `provenance` argument shadows the name
-
-
-#: File names written by :func:`write_exports`, per format.
-FILE_NAMES = {
-    "labels_tiff": "labels.tif",
-    "labels_png": "labels.png",
-    "masks_zip": "masks_png.zip",
-    "coco": "masks.json",
-    "csv": "masks.csv",
-    "rois": "rois.zip",
-    "params": "params.json",
+#: Every export, in the order the app offers them; keys are the format names.
+EXPORTS: dict[str, ExportFormat] = {
+    "labels_tiff": ExportFormat("labels.tif", "image/tiff", "label image (TIFF, pixel size)"),
+    "labels_png": ExportFormat("labels.png", "image/png", "label image (16-bit PNG)"),
+    "csv": ExportFormat("measurements.csv", "text/csv", "measurements per mask (CSV)"),
+    "coco": ExportFormat("masks_coco.json", "application/json", "COCO RLE masks and scores"),
+    "masks_zip": ExportFormat("masks_png.zip", "application/zip", "one PNG per mask"),
+    "rois": ExportFormat("rois_imagej.zip", "application/zip", "ImageJ / Fiji ROIs"),
+    "params": ExportFormat("params.json", "application/json", "the recipe and provenance"),
 }
 
 
-MIME = {
-    "labels.tif": "image/tiff",
-    "labels.png": "image/png",
-    "masks_png.zip": "application/zip",
-    "masks.json": "application/json",
-    "masks.csv": "text/csv",
-    "rois.zip": "application/zip",
-    "params.json": "application/json",
-}
-
-
-def export_all(
+def export_makers(
     records: Sequence[Record],
     image_size: tuple[int, int] | None = None,
     *,
     intensities: MicroscopyImage | np.ndarray | None = None,
     plane: int | str = 0,
     pixel_size_um: float | None = None,
-    provenance: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
     image_name: str = "image",
     overlap_rule: str = "area",
-    formats: Sequence[str] = tuple(FILE_NAMES),
-) -> dict[str, tuple[bytes, str]]:
-    """Build every export in memory: ``{file name: (content, MIME type)}``.
+) -> dict[str, Callable[[], bytes]]:
+    """One zero-argument function per export format (keys of :data:`EXPORTS`).
+
+    Each builds its file only when called, so the app can offer every format without
+    paying for the ones nobody downloads.
 
     Parameters
     ----------
@@ -275,52 +236,75 @@ def export_all(
     intensities : MicroscopyImage or ndarray, optional
         Original data for the CSV's intensity columns: an image (its ``plane`` is used) or
         an ``(H, W)`` / ``(H, W, C)`` array.
-    provenance : mapping, optional
-        Written as ``params.json`` (see :func:`provenance`); default: a minimal one.
-    formats : keys of :data:`FILE_NAMES`
+    params : mapping, optional
+        The content of ``params.json``: a recipe with its provenance
+        (:meth:`samlib.recipe.Recipe.to_dict`).
+    overlap_rule : str
+        How overlapping masks are painted into label images
+        (:func:`samlib.records.masks.paint_order`).
     """
-    unknown = set(formats) - set(FILE_NAMES)
-    if unknown:
-        raise ParameterError(f"unknown export formats {sorted(unknown)}; known: {list(FILE_NAMES)}")
     if image_size is None and not records:
         raise ParameterError("no records and no image_size: cannot size the label image")
     size = tuple(image_size) if image_size is not None else record_shape(records[0])
     if isinstance(intensities, np.ndarray):
         intensities = as_image(intensities, "YX" if intensities.ndim == 2 else "YXC")
-    labels = labels_from_records(records, rule=overlap_rule, shape=size)
-    prov = dict(provenance) if provenance is not None else _provenance_dict(image_name=image_name)
-    prov.setdefault("export", {"overlap_rule": overlap_rule, "n_masks": len(records)})
+
+    def labels() -> np.ndarray:
+        return labels_from_records(records, rule=overlap_rule, shape=size)
 
     def table() -> pd.DataFrame:
-        from samlib.outputs.measure import measure_records
-
         return measure_records(records, intensities, plane=plane, pixel_size_um=pixel_size_um)
 
-    makers = {
-        "labels_tiff": lambda: label_tiff_bytes(labels, pixel_size_um=pixel_size_um),
-        "labels_png": lambda: label_png_bytes(labels),
-        "masks_zip": lambda: mask_pngs_zip_bytes(records),
-        "coco": lambda: coco_json_bytes(records, image_name=image_name, image_size=size),
+    return {
+        "labels_tiff": lambda: label_tiff_bytes(labels(), pixel_size_um=pixel_size_um),
+        "labels_png": lambda: label_png_bytes(labels()),
         "csv": lambda: csv_bytes(table()),
+        "coco": lambda: coco_json_bytes(records, image_name=image_name, image_size=size),
+        "masks_zip": lambda: mask_pngs_zip_bytes(records),
         "rois": lambda: roi_zip_bytes(records),
-        "params": lambda: json.dumps(_jsonable(prov), indent=2).encode(),
+        "params": lambda: json.dumps(_jsonable(dict(params or {})), indent=2).encode(),
     }
-    return {FILE_NAMES[f]: (makers[f](), MIME[FILE_NAMES[f]]) for f in formats}
+
+
+def check_formats(formats: Sequence[str]) -> None:
+    """Raise :class:`~samlib.errors.ParameterError` for names that are not in :data:`EXPORTS`."""
+    unknown = [f for f in formats if f not in EXPORTS]
+    if unknown:
+        raise ParameterError(f"unknown export formats {unknown}; known: {list(EXPORTS)}")
+
+
+def export_all(
+    records: Sequence[Record],
+    image_size: tuple[int, int] | None = None,
+    *,
+    formats: Sequence[str] = tuple(EXPORTS),
+    **kwargs: Any,
+) -> dict[str, bytes]:
+    """Build the files of ``formats`` (keys of :data:`EXPORTS`) in memory, by format.
+
+    ``kwargs`` are those of :func:`export_makers`.
+    """
+    check_formats(formats)
+    makers = export_makers(records, image_size, **kwargs)
+    return {f: makers[f]() for f in formats}
 
 
 def write_exports(
     folder: str | os.PathLike,
     records: Sequence[Record],
     image_size: tuple[int, int] | None = None,
+    *,
+    formats: Sequence[str] = tuple(EXPORTS),
     **kwargs: Any,
 ) -> dict[str, Path]:
-    """Write :func:`export_all`'s files into ``folder`` (created if needed); return the paths
-    by file name."""
-    files = export_all(records, image_size, **kwargs)
+    """Write the files of ``formats`` into ``folder`` (created if needed) under their
+    :data:`EXPORTS` names; return the paths by format."""
+    files = export_all(records, image_size, formats=formats, **kwargs)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
-    for name, (content, _mime) in files.items():
-        (folder / name).write_bytes(content)
-        written[name] = folder / name
+    for fmt, content in files.items():
+        path = folder / EXPORTS[fmt].file_name
+        path.write_bytes(content)
+        written[fmt] = path
     return written

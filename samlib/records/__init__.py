@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from samlib.records.build import RECORD_KEYS, mask_box, mask_record, prompted_record
 from samlib.records.filters import (
+    FilterResult,
     area_keep,
     area_range,
     filter_records,
@@ -33,6 +34,7 @@ __all__ = [
     "mask_box",
     "mask_record",
     "prompted_record",
+    "FilterResult",
     "area_keep",
     "area_range",
     "filter_records",

@@ -129,43 +129,63 @@ def whole_image_outliers(
     return np.flatnonzero(flagged)
 
 
-@dataclass(frozen=True)
-class FilterReport:
-    """Which records survive each filter step; all arrays hold indices into the input.
+@dataclass(frozen=True, eq=False)
+class FilterResult:
+    """Records and what the cheap filters kept of them: one result for every surface.
 
     Attributes
     ----------
-    n_total : int
-        Records before filtering.
-    outliers : ndarray
-        Indices flagged as whole-image outliers (removed only when requested).
-    after_outliers : ndarray
-        Indices kept after the outlier step.
-    kept : ndarray
-        Indices kept after the area step too (the final selection, in input order).
+    records : list of records
+        The records filtered (for segment everything: after the quality thresholds and NMS).
+    areas : (N,) int64
+        Their areas in pixels.
+    outliers : (K,) int64
+        Indices of whole-image masks (removed only when ``drop_whole_image``).
+    keep : (N,) bool
+        The final selection.
+    n_after_outliers : int
+        Records left after the whole-image step.
+    n_candidates : int
+        What the records were chosen from: a run's decoded candidates, else ``N``.
     """
 
-    n_total: int
+    records: list[Record]
+    areas: np.ndarray
     outliers: np.ndarray
-    after_outliers: np.ndarray
-    kept: np.ndarray
+    keep: np.ndarray
+    n_after_outliers: int
+    n_candidates: int
 
     @property
-    def n_kept(self) -> int:
-        """Number of records after every step."""
-        return int(self.kept.size)
+    def kept(self) -> list[Record]:
+        """The records that pass every filter, in input order."""
+        return [r for r, k in zip(self.records, self.keep, strict=True) if k]
+
+    @property
+    def kept_indices(self) -> np.ndarray:
+        """Indices of :attr:`kept` in :attr:`records`."""
+        return np.flatnonzero(self.keep)
 
     def counts(self) -> dict[str, int]:
         """Counts after each step, for a "before -> after" display."""
         return {
-            "total": self.n_total,
-            "after_outliers": int(self.after_outliers.size),
-            "after_area": self.n_kept,
+            "candidates": self.n_candidates,
+            "records": len(self.records),
+            "after_outliers": self.n_after_outliers,
+            "after_area": int(self.keep.sum()),
         }
 
-    def select(self, records: Sequence[Record]) -> list[Record]:
-        """Return the kept records, in input order."""
-        return [records[i] for i in self.kept]
+    def area_bounds(self, drop_whole_image: bool = True) -> tuple[int, int]:
+        """(min, max) area in px of the records, without whole-image outliers if dropped."""
+        return area_range(self.records, self.outliers if drop_whole_image else ())
+
+    def status(self) -> np.ndarray:
+        """Per record: ``"kept"``, ``"whole image"`` (excluded) or ``"outside area range"``."""
+        out = np.where(self.keep, "kept", "outside area range").astype(object)
+        excluded = np.zeros(len(self.records), dtype=bool)
+        excluded[self.outliers] = True
+        out[excluded & ~self.keep] = "whole image"
+        return out
 
 
 def filter_records(
@@ -176,19 +196,23 @@ def filter_records(
     pixel_size_um: float | None = None,
     drop_whole_image: bool = True,
     image_shape: tuple[int, int] | None = None,
-) -> FilterReport:
-    """Apply the outlier and area filters in that order; return a :class:`FilterReport`.
+    n_candidates: int | None = None,
+) -> FilterResult:
+    """Apply the whole-image and area filters in that order; return a :class:`FilterResult`.
 
-    Area limits are in pixels, or µm² when ``pixel_size_um`` (µm/px) is given.
+    Area limits are in pixels (inclusive), or µm² when ``pixel_size_um`` (µm/px) is given.
     """
+    records = list(records)
     n = len(records)
+    areas = record_areas(records)
     outliers = whole_image_outliers(records, image_shape) if n else np.zeros(0, np.int64)
     keep = np.ones(n, dtype=bool)
     if drop_whole_image:
         keep[outliers] = False
-    after_outliers = np.flatnonzero(keep)
-    keep &= area_keep(record_areas(records), min_area, max_area, pixel_size_um=pixel_size_um)
-    return FilterReport(n, outliers, after_outliers, np.flatnonzero(keep))
+    n_after_outliers = int(keep.sum())
+    keep &= area_keep(areas, min_area, max_area, pixel_size_um=pixel_size_um)
+    n_candidates = n if n_candidates is None else n_candidates
+    return FilterResult(records, areas, outliers, keep, n_after_outliers, n_candidates)
 
 
 def area_range(
