@@ -383,3 +383,16 @@ def test_an_embedding_of_another_image_is_refused(sharp_sam, fast):
     assert len(given) == len(fresh) > 0
     for a, b in zip(given, fresh, strict=True):
         assert np.array_equal(a["segmentation"], b["segmentation"]) and a["bbox"] == b["bbox"]
+
+
+def test_every_decoder_shares_one_cache_of_the_image_terms(sharp_sam):
+    from samlib.decoding.image_terms import image_terms
+
+    feats = compute_embedding(sharp_sam, colored_disks()).features
+    terms = image_terms(sharp_sam, feats)
+    dec = PointDecoder(sharp_sam, feats)
+    assert dec.k0 is terms.t2i_k and dec.q0 is terms.i2t_q and dec.keys_c is terms.x
+    assert image_terms(sharp_sam, feats) is terms  # cached
+    with torch.no_grad():
+        feats.add_(0.0)  # an in-place change (version bump) makes the terms stale
+    assert image_terms(sharp_sam, feats) is not terms

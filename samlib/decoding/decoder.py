@@ -29,6 +29,7 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
 
+from samlib.decoding.image_terms import image_terms
 from samlib.workspace import buffer, linear_into
 
 
@@ -160,27 +161,15 @@ class PointDecoder:
     def __init__(self, model: Sam, features: torch.Tensor) -> None:
         self.model = model
         dec = model.mask_decoder
-        pe = model.prompt_encoder
         self.dec = dec
         with torch.no_grad():
-            dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
-                1, -1, *pe.image_embedding_size
-            )
-            src = features + dense
-            self.shape = src.shape
-            image_pe = pe.get_dense_pe()
-            self.keys = src.flatten(2).permute(0, 2, 1)
-            self.key_pe = image_pe.flatten(2).permute(0, 2, 1)
-            layer = dec.transformer.layers[0]
-            k = self.keys + self.key_pe
+            terms = image_terms(model, features)
+            self.shape = terms.src.shape
             # Image-only projections of the first layer: identical for every prompt.
-            self.k0 = layer.cross_attn_token_to_image.k_proj(k)
-            self.v0 = layer.cross_attn_token_to_image.v_proj(self.keys)
-            self.q0 = layer.cross_attn_image_to_token.q_proj(k)
+            self.k0, self.v0, self.q0 = terms.t2i_k, terms.t2i_v, terms.i2t_q
             # Contiguous copies for the element-wise additions of later layers: the sums
             # are the same numbers, read several times faster than from permuted views.
-            self.keys_c = self.keys.contiguous()
-            self.key_pe_c = self.key_pe.contiguous()
+            self.keys_c, self.key_pe_c = terms.x, terms.pe
             out = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
             self.output_tokens = out.unsqueeze(0)
         self._kv_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}

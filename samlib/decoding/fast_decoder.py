@@ -30,7 +30,7 @@ from segment_anything.modeling.transformer import Attention
 from torch.nn import functional as F
 
 from samlib.decoding.decoder import split_heads, token_self_attention
-from samlib.decoding.prompt_decoder import _image_terms
+from samlib.decoding.image_terms import image_terms
 from samlib.workspace import buffer
 
 __all__ = ["decode_fast"]
@@ -170,7 +170,7 @@ def decode_fast(
     spans = [(s, min(s + chunk, b)) for s in range(0, b, chunk)]
     out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
     tokens = torch.cat([out_tokens.expand(b, -1, -1), sparse], dim=1)  # (B, T, D)
-    cached = _image_terms(model, features) if dense is None else None
+    cached = image_terms(model, features) if dense is None else None
     _, c, h, w = features.shape
     if cached is not None:
         pe = cached.pe
