@@ -19,7 +19,7 @@ from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 
 from samlib.errors import ParameterError
-from samlib.records.masks import masks_of
+from samlib.records.masks import masks_from_labels, masks_of
 
 #: The DSB2018 thresholds 0.5, 0.55, ..., 0.95.
 DSB_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2).tolist())
@@ -100,20 +100,14 @@ def _iou_of(gt: Instances, pred: Instances) -> tuple[np.ndarray, np.ndarray, np.
     lg, lp = _as_labels(gt), _as_labels(pred)
     if lg is not None and lp is not None:
         return label_iou(lg, lp)
-    g_ids, g = _split(lg) if lg is not None else _numbered(gt)
-    p_ids, p = _split(lp) if lp is not None else _numbered(pred)
+    g_ids, g = masks_from_labels(lg) if lg is not None else _numbered(gt)
+    p_ids, p = masks_from_labels(lp) if lp is not None else _numbered(pred)
     return mask_iou(g, p), g_ids, p_ids
 
 
 def _numbered(items: Instances) -> tuple[np.ndarray, list[np.ndarray]]:
     masks = masks_of(items)
     return np.arange(1, len(masks) + 1), masks
-
-
-def _split(labels: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    ids = np.unique(labels)
-    ids = ids[ids != 0]
-    return ids, [labels == i for i in ids]
 
 
 def match(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
