@@ -31,21 +31,26 @@ import statistics
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from skimage.draw import disk
 
+from samlib.datasets.samples import load_sample
 from samlib.everything.generate import (
     GeneratorParams,
     generate_candidates,
     refilter,
     segment_everything,
 )
+from samlib.image.display import to_rgb8
 from samlib.models import accel
 from samlib.models.arch import VIT_B, VIT_TINY, build_sam
 from samlib.models.embeddings import Embedding, compute_embedding
+from samlib.models.loading import load_model, suggested_params
+from samlib.prompts.prompting import predict
 
 
 class PeakRSS:
@@ -294,7 +299,6 @@ def main(argv=None) -> int:
     )
 
     # 4. one point prompt
-    from samlib.prompts.prompting import predict
 
     rng = np.random.default_rng(1)
     pts = rng.integers(0, args.size, (args.prompts, 1, 2)).astype(float)
@@ -339,9 +343,6 @@ def main(argv=None) -> int:
 
 def trained_section(args) -> None:
     """Stock vs exact vs fast with the bundled small demo model on the DSB2018 sample."""
-    from samlib.datasets.samples import load_sample
-    from samlib.image.display import to_rgb8
-    from samlib.models.loading import load_model, suggested_params
 
     model = load_model("small_cnn", device="cuda" if torch.cuda.is_available() else "cpu")
     image, _, _ = load_sample("dsb2018")
@@ -374,7 +375,6 @@ def trained_section(args) -> None:
 
 def _repeat(c, k: int):
     """The candidates repeated k times (a stand-in for a larger grid, for timing only)."""
-    from dataclasses import replace
 
     return replace(
         c,

@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 # `import samlib` stays fast and does not pull in torch for image IO alone.
 _API = {
     "read_image": "samlib.image.io",
-    "to_rgb8": "samlib.image.io",
+    "to_rgb8": "samlib.image.display",
     "load_model": "samlib.models.loading",
     "segment_everything": "samlib.everything.generate",
     "segment_everything_tiled": "samlib.tiling.tiles",

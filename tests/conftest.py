@@ -8,6 +8,7 @@ import torch
 from skimage.draw import disk
 
 from samlib.models.arch import VIT_TINY, build_sam
+from samlib.models.loading import save_checkpoint
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -55,6 +56,5 @@ def disks_image():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_sam, tmp_path_factory):
     """Path of ``tiny_sam`` saved in the samlib checkpoint format (loads with weights_only)."""
-    from samlib.models.loading import save_checkpoint
 
     return save_checkpoint(tiny_sam, tmp_path_factory.mktemp("ckpt") / "tiny.pt", VIT_TINY)

@@ -9,6 +9,7 @@ from samlib.app.canvas import (
     merge_prompts,
     prompts_from_canvas,
 )
+from samlib.coords import fit_width
 from samlib.prompts.objects import PromptSet
 
 
@@ -104,8 +105,6 @@ def test_merge_and_rows():
     ("size", "width", "expected"), [((512, 512), 1000, (1000, 1000)), ((550, 660), 450, (450, 540))]
 )
 def test_canvas_fits_any_width_and_clicks_still_map_to_pixels(size, width, expected):
-    from samlib.coords import fit_width
-
     canvas = fit_width(size, width)
     assert canvas == expected
     # the centre of image pixel (x=100, y=200) as the canvas shows it maps back exactly

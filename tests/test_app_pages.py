@@ -7,16 +7,26 @@ The test seam: ``$SAMLIB_MODEL`` points at a tiny random-weight checkpoint (save
 
 from __future__ import annotations
 
+import dataclasses
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from streamlit.testing.v1 import AppTest
 
+import samlib.everything.candidates
+from samlib import models
+from samlib.app.session import prepare_image
+from samlib.cli.parser import main
+from samlib.errors import DownloadError, ParameterError
+from samlib.image.microscopy import as_image
 from samlib.models.arch import VIT_TINY, build_sam
 from samlib.models.loading import save_checkpoint
 from samlib.outputs.export import EXPORTS
+from tests.conftest import make_disks
 from ui import state
 
 # pycocotools (a compiled module, so not filterable by module name) warns under NumPy 2.
@@ -126,9 +136,6 @@ def test_a_second_session_never_sees_the_first_sessions_image(app_env):
 
 def seeded(at: AppTest, n_channels: int = 1) -> AppTest:
     """Put a synthetic image with bright disks (known answer) into the session."""
-    from samlib.app.session import prepare_image
-    from samlib.image.microscopy import as_image
-    from tests.conftest import make_disks
 
     img, _ = make_disks(shape=(96, 128), dtype=np.uint16)
     data = np.stack([img] * n_channels, axis=-1) if n_channels > 1 else img
@@ -197,7 +204,6 @@ def test_everything_runs_once_and_filters_live_without_the_model(app_env, monkey
     assert loose > 1
 
     # from now on the model must not run: any decoder call fails the test
-    import samlib.everything.candidates
 
     def boom(*a, **k):
         raise AssertionError("the model ran while re-filtering")
@@ -361,8 +367,6 @@ def test_a_model_that_is_not_downloaded_is_explained_not_a_crash(app_env):
 
 
 def test_download_failure_says_what_to_do(app_env, monkeypatch):
-    from samlib.errors import DownloadError
-
     def offline(name, progress=None):
         progress(0, 100)
         raise DownloadError(f"cannot reach the server for {name}: offline")
@@ -378,8 +382,6 @@ def test_download_failure_says_what_to_do(app_env, monkeypatch):
 
 
 def test_a_failed_run_keeps_the_earlier_results(app_env, monkeypatch):
-    from samlib.errors import ParameterError
-
     at = run_everything_page(seeded(new_app()))
     loosen(at)
     count = metric(at, "After area filter")
@@ -448,10 +450,6 @@ def test_everything_views_work_with_rle_output_modes(app_env, mode):
 
 
 def test_everything_starts_at_the_thresholds_suggested_for_the_model(app_env, monkeypatch):
-    import dataclasses
-
-    from samlib import models
-
     # the injected checkpoint is known by its file stem; give it suggested thresholds
     suggested = {"pred_iou_thresh": 0.2, "stability_score_thresh": 0.3, "min_mask_region_area": 20}
     entry = dataclasses.replace(
@@ -484,10 +482,7 @@ def app_downloads(at: AppTest, page_key: str) -> dict[str, bytes]:
 
 def cli_replay(tmp_path: Path, command: str, files: dict[str, bytes], model: Path) -> np.ndarray:
     """Run ``samlib COMMAND disks.tif --recipe params.json`` on the seeded image's data."""
-    import tifffile
 
-    from samlib.cli.parser import main
-    from tests.conftest import make_disks
 
     img, _ = make_disks(shape=(96, 128), dtype=np.uint16)  # what seeded() put in the session
     tifffile.imwrite(tmp_path / "disks.tif", img)
@@ -502,10 +497,6 @@ def cli_replay(tmp_path: Path, command: str, files: dict[str, bytes], model: Pat
 
 @pytest.mark.slow
 def test_everything_params_json_replays_to_the_apps_label_image(app_env, tmp_path):
-    import io
-
-    import tifffile
-
     at = run_everything_page(seeded(new_app()))
     loosen(at)
     at.checkbox(key="w_drop_whole_image").uncheck().run()
@@ -520,10 +511,6 @@ def test_everything_params_json_replays_to_the_apps_label_image(app_env, tmp_pat
 
 
 def test_prompts_params_json_replays_to_the_apps_label_image(app_env, tmp_path):
-    import io
-
-    import tifffile
-
     at = prompt_with_typed_point(seeded(new_app()), 40.0, 30.0)
     at.radio(key="w_pick").set_value(1)
     at.button(key="add_object").click().run()

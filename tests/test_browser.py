@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from PIL import Image
 
 from samlib import coords
 from samlib.app.session import prepare_image
@@ -33,7 +34,13 @@ from samlib.cli.parser import main
 from samlib.datasets.samples import DATA_DIR, load_sample
 from samlib.models.arch import VIT_TINY, build_sam
 from samlib.models.embeddings import compute_embedding
-from samlib.models.loading import load_model, save_checkpoint, suggested_params
+from samlib.models.loading import (
+    REGISTRY,
+    checkpoint_path,
+    load_model,
+    save_checkpoint,
+    suggested_params,
+)
 from samlib.prompts.objects import PromptSet, predict_candidates
 
 pytestmark = [
@@ -82,7 +89,6 @@ def checkpoint(tmp_path_factory) -> Path:
     Either way the test computes the model's answers itself, so it checks the app, not
     the model's quality; the demo model only makes the screenshots meaningful.
     """
-    from samlib.models.loading import REGISTRY, checkpoint_path
 
     for name, entry in REGISTRY.items():
         if entry.package_file and checkpoint_path(name).is_file():
@@ -180,7 +186,6 @@ def go(pg, title: str, heading: str) -> None:
 
 def shot(pg, name: str, height: int = 860) -> None:
     """Save a screenshot for the README (``height`` px tall), as a small PNG."""
-    from PIL import Image
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     size = pg.viewport_size

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import importlib
 import json
 import os
 import subprocess
@@ -17,11 +18,12 @@ import tifffile
 
 from samlib import models
 from samlib.cli.parser import main
-from samlib.image.io import read_image, to_rgb8
+from samlib.image.display import to_rgb8
+from samlib.image.io import read_image
 from samlib.models import embeddings
 from samlib.models.arch import VIT_B
 from samlib.models.embeddings import compute_embedding
-from samlib.models.loading import load_model
+from samlib.models.loading import load_model, suggested_params
 from samlib.prompts.objects import PromptSet, predict_candidates, records_of
 from samlib.prompts.prompting import predict
 from samlib.records.rle import decode_coco
@@ -292,8 +294,6 @@ def test_download_shows_progress(scene, capsys, monkeypatch):
     [("train", "samlib.training.loop"), ("evaluate-model", "samlib.evaluation.benchmark")],
 )
 def test_delegated_subcommands(monkeypatch, command, module):
-    import importlib
-
     seen = []
     monkeypatch.setattr(
         importlib.import_module(module), "main", lambda argv: seen.append(argv) or 7
@@ -317,8 +317,6 @@ def test_module_entry_point_exit_status(scene, tiny_checkpoint):
 
 
 def test_everything_starts_from_the_models_suggested_thresholds(scene, capsys):
-    from samlib.models.loading import suggested_params
-
     out_dir = scene / "every_small"
     code, _, err = _run(
         capsys,

@@ -11,6 +11,7 @@ import torch
 from segment_anything import SamPredictor
 
 from samlib.errors import ImageError
+from samlib.models.accel import accelerate, restore
 from samlib.models.arch import VIT_TINY, build_sam
 from samlib.models.embeddings import (
     EmbeddingCache,
@@ -170,7 +171,6 @@ def test_concurrent_requests_encode_once(tiny_sam):
 def test_fast_encoder_embeddings_are_kept_apart(tiny_sam):
     # the fast encoder's features differ from stock by rounding: a result is reproduced bit
     # for bit only from the same encoder, so the cache must not hand one for the other
-    from samlib.models.accel import accelerate, restore
 
     model = copy.deepcopy(tiny_sam)
     rgb = _rgb((32, 32))

@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 import torch
 from segment_anything import SamAutomaticMaskGenerator
+from segment_anything.utils.amg import remove_small_regions as stock
 from skimage.draw import disk
 
-from samlib.decoding.decoder import PointDecoder
+from samlib.decoding import decoder
+from samlib.decoding.decoder import PointDecoder, upscale
+from samlib.decoding.image_terms import image_terms
 from samlib.errors import ImageError, ParameterError
-from samlib.everything.candidates import upsample_like_stock
+from samlib.everything import candidates
+from samlib.everything.candidates import decode_candidates, upsample_like_stock
 from samlib.everything.generate import (
     PARAM_HELP,
     GeneratorParams,
@@ -18,6 +22,7 @@ from samlib.everything.generate import (
     refilter,
     segment_everything,
 )
+from samlib.everything.refilter import remove_small_regions
 from samlib.models.embeddings import compute_embedding
 from samlib.records.build import RECORD_KEYS
 
@@ -244,8 +249,6 @@ def test_point_grids_and_help():
 def test_full_resolution_masks_never_stacked(sharp_sam, monkeypatch):
     # memory must not grow with the number of candidates: at most one decode chunk of
     # full-resolution logits exists at a time, and candidates are kept as run lengths
-    from samlib.everything import candidates
-    from samlib.everything.candidates import decode_candidates
 
     seen = []
     original = candidates.upsample_like_stock
@@ -298,7 +301,6 @@ def test_equals_stock_generator_on_one_thread(sharp_sam, one_thread):
 @pytest.mark.parametrize("b", [1, 3])
 def test_upscale_equals_stock_layers(sharp_sam, b):
     # channels-last convolutions and in-place LayerNorm2d/GELU: the stock bits and layout
-    from samlib.decoding.decoder import upscale
 
     dec = sharp_sam.mask_decoder
     c = dec.output_upscaling[0].in_channels
@@ -313,7 +315,6 @@ def test_upscale_equals_stock_layers(sharp_sam, b):
 
 def test_channels_last_convolution_used_only_where_bits_agree(monkeypatch):
     # a convolution whose channels-last path rounds differently is always run as stock
-    from samlib.decoding import decoder
 
     monkeypatch.setattr(decoder, "_CL_FORMAT", {})
 
@@ -334,10 +335,6 @@ def test_channels_last_convolution_used_only_where_bits_agree(monkeypatch):
 
 @pytest.mark.parametrize("mode", ["holes", "islands"])
 def test_small_region_removal_equals_stock(mode):
-    from segment_anything.utils.amg import remove_small_regions as stock
-
-    from samlib.everything.refilter import remove_small_regions
-
     rng = np.random.default_rng(0)
     speckled = rng.random((120, 160)) < 0.5  # thousands of pieces and holes
     blob = np.zeros((120, 160), dtype=bool)
@@ -356,8 +353,6 @@ def test_small_region_removal_equals_stock(mode):
 
 
 def test_small_region_removal_refuses_an_unknown_mode():
-    from samlib.everything.refilter import remove_small_regions
-
     with pytest.raises(ParameterError, match="mode"):
         remove_small_regions(np.ones((4, 4), dtype=bool), 2, "edges")
 
@@ -386,8 +381,6 @@ def test_an_embedding_of_another_image_is_refused(sharp_sam, fast):
 
 
 def test_every_decoder_shares_one_cache_of_the_image_terms(sharp_sam):
-    from samlib.decoding.image_terms import image_terms
-
     feats = compute_embedding(sharp_sam, colored_disks()).features
     terms = image_terms(sharp_sam, feats)
     dec = PointDecoder(sharp_sam, feats)

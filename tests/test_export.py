@@ -16,6 +16,7 @@ from pycocotools import mask as mask_utils
 from skimage.draw import disk, polygon
 
 from samlib.errors import ParameterError
+from samlib.image.io import read_image
 from samlib.outputs.export import (
     EXPORTS,
     coco_dict,
@@ -78,7 +79,6 @@ def test_label_tiff_and_png_round_trip(rle):
     assert labels.dtype == np.uint16 and set(np.unique(labels)) == {0, 1, 2, 3}
     back = tifffile.imread(io.BytesIO(label_tiff_bytes(labels, pixel_size_um=0.5)))
     np.testing.assert_array_equal(back, labels)
-    from samlib.image.io import read_image
 
     assert read_image(label_tiff_bytes(labels, pixel_size_um=0.5)).pixel_size_um == pytest.approx(
         0.5

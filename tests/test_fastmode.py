@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
+import torch
+from skimage.transform import resize
 
+from samlib.decoding.fast_decoder import decode_fast
+from samlib.everything.fastmode import fast_candidates, upsample_once
 from samlib.everything.generate import segment_everything
+from samlib.everything.params import GeneratorParams
+from samlib.everything.refilter import refilter
+from samlib.models.arch import VIT_TINY, build_sam
+from samlib.models.embeddings import compute_embedding
 from samlib.records.build import RECORD_KEYS
 from tests.test_everything import colored_disks
 
 
 @pytest.mark.slow
 def test_fast_mode_records_are_sane(sharp_sam):  # noqa: F811
-    from samlib.everything.fastmode import fast_candidates
-    from samlib.everything.params import GeneratorParams
-    from samlib.everything.refilter import refilter
 
     img = colored_disks()
     params = dict(
@@ -51,14 +58,6 @@ def test_fast_flag_in_public_api(sharp_sam):  # noqa: F811
 
 @pytest.mark.parametrize("size", [(512, 512), (300, 700)])
 def test_one_step_upsampling_is_close_to_stock(size):
-    import dataclasses
-
-    import torch
-    from skimage.transform import resize
-
-    from samlib.everything.fastmode import upsample_once
-    from samlib.models.arch import VIT_TINY, build_sam
-
     model = build_sam(dataclasses.replace(VIT_TINY, img_size=1024, window_size=8))
     scale = 1024 / max(size)
     input_size = (int(size[0] * scale + 0.5), int(size[1] * scale + 0.5))
@@ -79,11 +78,6 @@ def test_one_step_upsampling_is_close_to_stock(size):
 
 
 def test_batched_fast_decoder_equals_one_prompt_at_a_time(sharp_sam):
-    import torch
-
-    from samlib.decoding.fast_decoder import decode_fast
-    from samlib.models.embeddings import compute_embedding
-
     emb = compute_embedding(sharp_sam, colored_disks())
     pts = torch.tensor([[[30.0, 40.0]], [[100.0, 20.0]], [[200.0, 150.0]], [[5.0, 250.0]]])
     labels = torch.ones((4, 1), dtype=torch.int)

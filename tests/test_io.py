@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
+import cv2
 import numpy as np
 import pytest
 import tifffile
@@ -241,8 +244,6 @@ def test_plane_and_channel_errors():
 
 
 def test_png_16bit_rgb_keeps_16_bits():
-    import cv2
-
     rgb = (np.arange(10 * 12 * 3).reshape(10, 12, 3) * 181).astype(np.uint16)
     ok, buf = cv2.imencode(".png", rgb[..., ::-1])  # OpenCV writes BGR
     assert ok
@@ -280,9 +281,6 @@ def test_layouts_and_dtypes_round_trip(dtype, axes, stored_shape, canonical):
 
 
 def test_png_decompression_bomb_refused_before_decoding():
-    import struct
-    import zlib
-
     png = bytearray(_pil_bytes(np.zeros((8, 8), np.uint8), "PNG"))
     # Rewrite the IHDR to claim 30000 x 30000 pixels (900 Mpx), with a valid CRC.
     png[16:24] = struct.pack(">II", 30_000, 30_000)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
+from samlib.errors import ParameterError
 from samlib.image.microscopy import as_image
 from samlib.outputs.measure import measure_labels, measure_masks, measure_records
 from samlib.records.rle import encode_coco
@@ -96,7 +97,5 @@ def test_labels_ids_and_max_projection():
 
 
 def test_shape_mismatch_refused():
-    from samlib.errors import ParameterError
-
     with pytest.raises(ParameterError, match="80x100"):
         measure_masks(_masks(), np.zeros((10, 10), np.uint8))

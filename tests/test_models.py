@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage as ndi
 from segment_anything import SamPredictor
 
 from samlib import models
@@ -20,7 +21,11 @@ from samlib.errors import (
     UnknownModelError,
     UnsafeCheckpointError,
 )
+from samlib.everything.params import GeneratorParams
 from samlib.models.arch import VIT_B, VIT_TINY, build_sam, detect_config
+from samlib.models.embeddings import compute_embedding
+from samlib.models.loading import REGISTRY, load_model, suggested_params
+from samlib.prompts.prompting import predict
 
 # A tiny config whose decoder head count (8) is what detection assumes for plain state
 # dicts, so files without a stored config load back to the same architecture.
@@ -336,9 +341,6 @@ def test_pick_device_prefers_cuda(monkeypatch):
 
 
 def test_suggested_params_by_name_and_by_loaded_model(tiny_checkpoint):
-    from samlib.everything.params import GeneratorParams
-    from samlib.models.loading import load_model, suggested_params
-
     assert suggested_params("vit_b") == {}  # SAM: its own defaults
     assert suggested_params("no such model") == {}
     small = suggested_params("small_cnn")
@@ -348,15 +350,6 @@ def test_suggested_params_by_name_and_by_loaded_model(tiny_checkpoint):
 
 
 def test_registry_mask_threshold_reaches_the_loaded_model(tiny_checkpoint, monkeypatch):
-    import dataclasses
-
-    import numpy as np
-    from scipy import ndimage as ndi
-
-    from samlib.models.embeddings import compute_embedding
-    from samlib.models.loading import REGISTRY, load_model
-    from samlib.prompts.prompting import predict
-
     assert REGISTRY["vit_b"].mask_threshold == 0.0  # SAM's own
     # the bundled weights under an entry that cuts its masks at logit 1.5
     entry = dataclasses.replace(REGISTRY["small_cnn"], name="small_cut", mask_threshold=1.5)

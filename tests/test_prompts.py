@@ -15,14 +15,13 @@ from samlib.errors import PromptError
 from samlib.models.arch import VIT_TINY, build_sam
 from samlib.models.embeddings import Embedding, compute_embedding
 from samlib.prompts.prompting import clip_masks_to_box, predict, upscale_logits
+from tests.conftest import make_disks
 
 H, W = 90, 130
 
 
 @pytest.fixture(scope="module")
 def scene(tiny_sam):
-    from tests.conftest import make_disks
-
     gray, _ = make_disks((H, W))
     rgb = np.repeat(gray[..., None], 3, axis=2)
     pred = SamPredictor(tiny_sam)

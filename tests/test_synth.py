@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
+from skimage.measure import regionprops
 from skimage.segmentation import find_boundaries
 
 from samlib.datasets.synth import (
     KINDS,
     NucleiDataset,
     SynthDataset,
-    _object_field,
     nuclei_image,
+    object_field,
     synth_image,
 )
 from samlib.errors import ParameterError
@@ -138,7 +139,7 @@ def test_touching_objects_meet_at_a_darker_seam():
     lab[10:30, 30:50] = 2
     dim = 0
     for seed in range(10):
-        field = _object_field(np.random.default_rng(seed), lab, 0.5, 0.5, 0.0)
+        field = object_field(np.random.default_rng(seed), lab, 0.5, 0.5, 0.0)
         seam = field[15:25, 29:31].mean()  # the two columns where the squares meet
         core = np.concatenate([field[15:25, 18:22], field[15:25, 38:42]]).mean()
         assert seam <= core
@@ -272,8 +273,6 @@ def test_touching_packs_nuclei_into_clumps_in_two_images_of_three():
 
 
 def test_min_axis_ratio_draws_more_elongated_nuclei():
-    from skimage.measure import regionprops
-
     def mean_ratio(lab):
         props = [p for p in regionprops(lab) if p.area > 30]
         return np.mean([p.axis_minor_length / p.axis_major_length for p in props])

@@ -11,11 +11,15 @@ from skimage.draw import disk
 from skimage.measure import label, regionprops
 
 import samlib.tiling.tiles as tiling
-from samlib.errors import ParameterError
+from samlib.datasets.samples import load_sample
+from samlib.errors import ParameterError, PromptError
 from samlib.everything.generate import segment_everything
+from samlib.models.embeddings import compute_embedding
+from samlib.prompts.prompting import predict
 from samlib.records import rle as rlelib
 from samlib.records.build import RECORD_KEYS
 from samlib.records.masks import record_mask
+from samlib.tiling.prompts import TiledEmbeddings, predict_tiled
 from samlib.tiling.stitch import Piece, piece_record, piece_rle, pieces_from_records, stitch_pieces
 from samlib.tiling.tiles import default_tiling, segment_everything_tiled, tile_layout
 
@@ -232,7 +236,6 @@ def test_objects_across_borders_come_out_once(oracle, mode):
 @pytest.mark.parametrize(("tile", "halo"), [(100, 24), (64, 16), (128, 8)])
 def test_real_nuclei_layout_each_object_once(oracle, monkeypatch, tile, halo):
     # The DSB2018 reference nuclei, split into connected objects, through the stitcher.
-    from samlib.datasets.samples import load_sample
 
     monkeypatch.setattr(tiling, "default_tiling", lambda model: (tile, halo))
     _, labels, _ = load_sample("dsb2018")
@@ -382,10 +385,6 @@ def test_stitch_memory_does_not_hold_full_resolution_masks():
 
 
 def test_tiled_prompt_matches_prompt_on_the_window_image(tiny_sam):
-    from samlib.models.embeddings import compute_embedding
-    from samlib.prompts.prompting import predict
-    from samlib.tiling.prompts import TiledEmbeddings, predict_tiled
-
     img = colored_disks((300, 420), n=25, seed=4)
     tiled = TiledEmbeddings.build(tiny_sam, img, tile_size=100, halo=30)
     point = np.array([[250.0, 180.0]])  # core of tile (row 1, col 2)
@@ -406,9 +405,6 @@ def test_tiled_prompt_matches_prompt_on_the_window_image(tiny_sam):
 
 
 def test_tiled_prompt_box_picks_a_window_holding_it_and_rejects_wide_prompts(tiny_sam):
-    from samlib.errors import PromptError
-    from samlib.tiling.prompts import TiledEmbeddings, predict_tiled
-
     img = colored_disks((300, 420), n=25, seed=4)
     tiled = TiledEmbeddings.build(tiny_sam, img, tile_size=100, halo=30)
     box = np.array([90.0, 80.0, 150.0, 130.0])  # straddles core borders

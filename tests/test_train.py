@@ -6,16 +6,27 @@ import json
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from segment_anything import SamPredictor
 from torch.nn import functional as F
 
 from samlib.datasets.synth import nuclei_image, synth_image
 from samlib.errors import ParameterError
-from samlib.evaluation.benchmark import evaluate_model, object_prompts, prompt_ious
+from samlib.evaluation import benchmark
+from samlib.evaluation.benchmark import (
+    evaluate_model,
+    grow_boxes,
+    object_prompts,
+    prompt_ious,
+    window_iou,
+)
 from samlib.image.display import to_rgb8
 from samlib.models.arch import ENCODERS, SamConfig, build_sam
+from samlib.models.loading import REGISTRY, checkpoint_path, load_model, save_checkpoint
 from samlib.models.small_encoder import SMALL_CNN
+from samlib.tiling.prompts import TiledEmbeddings, predict_tiled
+from samlib.training import loop
 from samlib.training.loop import TrainParams, train
 from samlib.training.prompts import (
     correction_points,
@@ -195,8 +206,6 @@ def test_sam_loss_adds_cross_entropy_when_asked():
 
 
 def test_short_training_learns_and_writes_a_loadable_checkpoint(tiny_cnn, tmp_path):
-    from samlib.models.loading import load_model
-
     torch.manual_seed(0)
     params = TrainParams(epochs=5, steps_per_epoch=6, lr=3e-3, warmup_steps=2, n_prompts=6)
     out = tmp_path / "tiny.pt"
@@ -290,14 +299,10 @@ def test_object_prompts_find_centres_and_tight_boxes():
 
 @pytest.fixture(scope="module")
 def bundled():
-    from samlib.models.loading import load_model
-
     return load_model("small_cnn", device="cpu")
 
 
 def test_bundled_model_is_registered_as_a_demo_model():
-    from samlib.models.loading import REGISTRY, checkpoint_path
-
     entry = REGISTRY["small_cnn"]
     assert entry.package_file and entry.url is None
     assert "not SAM" in entry.description
@@ -344,8 +349,6 @@ def test_bundled_model_runs_everything_and_evaluation(bundled):
 
 
 def test_grow_boxes_widens_within_the_image():
-    from samlib.evaluation.benchmark import grow_boxes
-
     boxes = np.array([[0, 5, 10, 20], [50, 60, 95, 79]], np.float32)
     assert grow_boxes(boxes, 3, (80, 96)).tolist() == [[0, 2, 13, 23], [47, 57, 95, 79]]
 
@@ -361,8 +364,6 @@ def test_tiled_evaluation_of_an_image_that_fits_one_window_is_the_plain_one(bund
 
 def test_tiled_prompt_ious_score_whole_objects_across_tiles(bundled):
     """The window-frame IoU equals the IoU of the full-image mask, on every tile."""
-    from samlib.evaluation.benchmark import _window_iou
-    from samlib.tiling.prompts import TiledEmbeddings, predict_tiled
 
     img, lab = synth_image(8, (400, 400), kind="fluorescence", n_objects=30, radius=(6, 10))
     rgb8 = to_rgb8(img)
@@ -378,7 +379,7 @@ def test_tiled_prompt_ious_score_whole_objects_across_tiles(bundled):
         full = out.mask(0)
         gt = lab == i
         expect = (full & gt).sum() / (full | gt).sum()
-        got = _window_iou(out.result.masks[0, 0], out.tile.window, lab, i, gt.sum())
+        got = window_iou(out.result.masks[0, 0], out.tile.window, lab, i, gt.sum())
         assert got == pytest.approx(expect)
     assert len(used) > 1
     # An object wider than any window: the part outside the window counts as missed.
@@ -391,54 +392,41 @@ def test_tiled_prompt_ious_score_whole_objects_across_tiles(bundled):
     x0, y0, x1, y1 = out.tile.window
     assert gt[y0:y1, x0:x1].sum() < gt.sum()  # the window does not hold it all
     expect = (full & gt).sum() / (full | gt).sum()
-    got = _window_iou(out.result.masks[0, k], out.tile.window, big, 1, gt.sum())
+    got = window_iou(out.result.masks[0, k], out.tile.window, big, 1, gt.sum())
     assert expect > 0 and got == pytest.approx(expect)
 
 
 def test_evaluate_model_command_line_checks_tiling_options(tmp_path, capsys):
-    import tifffile
-
-    from samlib.evaluation.benchmark import main
-
     img, lab = synth_image(9, (64, 64), kind="fluorescence", n_objects=3, radius=(6, 8))
     tifffile.imwrite(tmp_path / "im.tif", img)
     tifffile.imwrite(tmp_path / "lab.tif", lab.astype(np.uint16))
-    assert main([str(tmp_path / "im.tif"), str(tmp_path / "lab.tif"), "--halo", "8"]) == 2
+    assert benchmark.main([str(tmp_path / "im.tif"), str(tmp_path / "lab.tif"), "--halo", "8"]) == 2
     assert "--tiled" in capsys.readouterr().err
 
 
 def test_evaluate_model_command_line_prints_the_figures(tmp_path, capsys):
-    import tifffile
-
-    from samlib.evaluation.benchmark import main
-
     img, lab = synth_image(9, (64, 64), kind="fluorescence", n_objects=3, radius=(6, 8))
     tifffile.imwrite(tmp_path / "im.tif", img)
     tifffile.imwrite(tmp_path / "lab.tif", lab.astype(np.uint16))
     files = [str(tmp_path / "im.tif"), str(tmp_path / "lab.tif"), "--model", "small_cnn"]
-    assert main([*files, "--box-margin", "2", "--min-area", "10"]) == 0
+    assert benchmark.main([*files, "--box-margin", "2", "--min-area", "10"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["box_margin"] == 2 and out["min_area"] == 10 and out["n_gt"] == lab.max()
     assert out["box_miou"] >= out["box_miou_unclipped"]
     for key in ("point_miou", "ap50", "ap_mean", "f1", "n_pred"):
         assert key in out
-    assert main([*files, "--box-margin", "-1"]) == 2
+    assert benchmark.main([*files, "--box-margin", "-1"]) == 2
     assert "box_margin" in capsys.readouterr().err
 
 
 def test_train_command_line_fine_tunes_a_checkpoint(tiny_cnn, tmp_path, capsys):
-    import tifffile
-
-    from samlib.models.loading import save_checkpoint
-    from samlib.training.loop import main
-
     base = save_checkpoint(tiny_cnn, tmp_path / "base.pt", TINY_CNN)
     args = ["--model", str(base), "--out", str(tmp_path / "tuned.pt"), "--epochs", "1"]
     for i, (img, lab) in enumerate(_pairs(3)):
         tifffile.imwrite(tmp_path / f"im{i}.tif", img)
         tifffile.imwrite(tmp_path / f"lab{i}.tif", lab.astype(np.uint16))
         args += ["--image", str(tmp_path / f"im{i}.tif"), "--labels", str(tmp_path / f"lab{i}.tif")]
-    assert main([*args, "--steps-per-epoch", "2", "--device", "cpu"]) == 0
+    assert loop.main([*args, "--steps-per-epoch", "2", "--device", "cpu"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["checkpoint"] == str(tmp_path / "tuned.pt")
     assert (tmp_path / "tuned.json").is_file()
@@ -447,16 +435,11 @@ def test_train_command_line_fine_tunes_a_checkpoint(tiny_cnn, tmp_path, capsys):
 
 
 def test_train_command_line_needs_validation_data(tiny_cnn, tmp_path, capsys):
-    import tifffile
-
-    from samlib.models.loading import save_checkpoint
-    from samlib.training.loop import main
-
     base = save_checkpoint(tiny_cnn, tmp_path / "base.pt", TINY_CNN)
     img, lab = _pairs(1)[0]
     tifffile.imwrite(tmp_path / "im.tif", img)
     tifffile.imwrite(tmp_path / "lab.tif", lab.astype(np.uint16))
     args = ["--model", str(base), "--out", str(tmp_path / "t.pt")]
     args += ["--image", str(tmp_path / "im.tif"), "--labels", str(tmp_path / "lab.tif")]
-    assert main(args) == 2
+    assert loop.main(args) == 2
     assert "--val-image" in capsys.readouterr().err

@@ -12,9 +12,11 @@ import streamlit as st
 
 from samlib.app.results import download_makers, params_json, record_rows
 from samlib.app.session import WorkImage
+from samlib.evaluation import metrics as evaluate
 from samlib.outputs import measure, overlay
 from samlib.outputs.export import EXPORTS
 from samlib.recipe import Recipe
+from samlib.records.masks import labels_from_records
 from ui import state
 
 LAYERS = ["masks", "outlines", "boxes", "grid points"]
@@ -191,8 +193,6 @@ def results_tabs_ui(
 
 def evaluation_ui(work: WorkImage, records: Sequence[Mapping[str, Any]]) -> None:
     """Precision, recall, F1 and DSB average precision against the sample's reference."""
-    from samlib.evaluation import metrics as evaluate
-    from samlib.records.masks import labels_from_records
 
     def compute():
         pred = labels_from_records(records, shape=work.rgb8.shape[:2])

@@ -2,7 +2,7 @@
 
 A user's image and settings, runs, prompted objects, results and their recipes.
 
-May import: every subpackage but cli. Never streamlit.
+May import: every subpackage but cli, and samlib.recipe. Never streamlit.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ masks: the test checks that the machinery works, not segmentation quality.
 
 from __future__ import annotations
 
+import io
 import os
 import platform
 import sys
@@ -18,6 +19,16 @@ from importlib import metadata
 from typing import Any
 
 import numpy as np
+import tifffile
+import torch
+from skimage.draw import disk
+
+from samlib.everything.generate import segment_everything
+from samlib.models.arch import VIT_TINY, build_sam
+from samlib.models.embeddings import compute_embedding
+from samlib.models.loading import REGISTRY, model_status, pick_device
+from samlib.outputs.export import label_image, label_tiff_bytes
+from samlib.prompts.prompting import predict
 
 #: Packages whose versions the report lists (distribution names).
 PACKAGES = (
@@ -58,9 +69,7 @@ def environment_report() -> dict[str, Any]:
         ``cuda_device`` (name or None), ``gpu_memory_gb`` (free, total) or None,
         ``ram_gb`` (total) or None, ``cpu_threads``.
     """
-    import torch
 
-    from samlib.models.loading import pick_device
 
     device = pick_device()
     gpu_name, gpu_mem = None, None
@@ -83,7 +92,6 @@ def environment_report() -> dict[str, Any]:
 
 def checkpoint_table() -> list[dict[str, Any]]:
     """One row per registered model: name, description, cached?, path, size in MB."""
-    from samlib.models.loading import REGISTRY, model_status
 
     rows = []
     for name, entry in REGISTRY.items():
@@ -113,7 +121,6 @@ class Step:
 
 def _disks_image(size: int = 160) -> np.ndarray:
     """A grey HWC uint8 image with three bright disks on a dark background."""
-    from skimage.draw import disk
 
     img = np.full((size, size), 20, dtype=np.uint8)
     for r, c, rad in ((40, 50, 18), (100, 110, 26), (120, 40, 12)):
@@ -133,12 +140,8 @@ def self_test(progress: Callable[[int, int, str], None] | None = None) -> list[S
     A failing stage is reported (``ok=False`` with the error) and the later stages that
     depend on it are skipped.
     """
-    import io
 
-    import tifffile
-    import torch
 
-    from samlib.models.arch import VIT_TINY, build_sam
 
     state: dict[str, Any] = {"rgb": _disks_image()}
 
@@ -149,14 +152,10 @@ def self_test(progress: Callable[[int, int, str], None] | None = None) -> list[S
         return f"tiny ViT-SAM with {n:,} random weights"
 
     def embed() -> str:
-        from samlib.models.embeddings import compute_embedding
-
         state["emb"] = compute_embedding(state["model"], state["rgb"])
         return f"features {tuple(state['emb'].features.shape)}"
 
     def prompt() -> str:
-        from samlib.prompts.prompting import predict
-
         res = predict(
             state["model"],
             state["emb"],
@@ -168,8 +167,6 @@ def self_test(progress: Callable[[int, int, str], None] | None = None) -> list[S
         return f"{masks.shape[0]} candidate masks of {masks.shape[1]}x{masks.shape[2]} px"
 
     def everything() -> str:
-        from samlib.everything.generate import segment_everything
-
         state["records"] = segment_everything(
             state["model"],
             state["rgb"],
@@ -181,8 +178,6 @@ def self_test(progress: Callable[[int, int, str], None] | None = None) -> list[S
         return f"{len(state['records'])} masks from an 8x8 point grid"
 
     def export() -> str:
-        from samlib.outputs.export import label_image, label_tiff_bytes
-
         labels = label_image(state["records"], state["rgb"].shape[:2])
         back = tifffile.imread(io.BytesIO(label_tiff_bytes(labels)))
         if not np.array_equal(back, labels):

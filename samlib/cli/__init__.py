@@ -1,11 +1,13 @@
-"""The ``samlib`` command line (``python -m samlib``).
+"""The ``samlib`` command line (also ``python -m samlib``).
 
-One parser, one error prefix, the subcommands.
+One parser (:mod:`samlib.cli.parser`), one error prefix (``samlib: error:``), the
+subcommands (:mod:`samlib.cli.commands`).
 
-May import: every subpackage.
+May import: every subpackage, and samlib.recipe.
 """
 
 from __future__ import annotations
 
-__all__ = [
-]
+from samlib.cli.parser import build_parser, main
+
+__all__ = ["build_parser", "main"]

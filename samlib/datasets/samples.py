@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from scipy import ndimage as ndi
+from skimage import data
 from skimage.draw import ellipse
 from skimage.segmentation import expand_labels, find_boundaries
 
@@ -45,14 +46,10 @@ def _dsb() -> tuple[MicroscopyImage, np.ndarray]:
 
 
 def _cell() -> tuple[MicroscopyImage, None]:
-    from skimage import data
-
     return as_image(data.cell(), "YX", name="cell.png", pixel_size_um=0.107), None
 
 
 def _ihc() -> tuple[MicroscopyImage, None]:
-    from skimage import data
-
     return as_image(data.immunohistochemistry(), "YXC", name="immunohistochemistry.png"), None
 
 

@@ -119,7 +119,7 @@ def _clean(labels: np.ndarray, min_area: int) -> np.ndarray:
     return inverse.reshape(out.shape).astype(np.int32)
 
 
-def _object_field(
+def object_field(
     rng: np.random.Generator, labels: np.ndarray, lo: float, hi: float, texture: float
 ) -> np.ndarray:
     """Per-object brightness in [lo, hi] times a texture and a centre-bright profile.
@@ -224,12 +224,12 @@ def synth_image(
     snr = np.exp(rng.uniform(np.log(0.3), np.log(3.0)))
 
     if kind == "fluorescence":
-        obj = _object_field(rng, labels, 0.25, 1.0, rng.uniform(0.0, 0.35))
+        obj = object_field(rng, labels, 0.25, 1.0, rng.uniform(0.0, 0.35))
         img = obj + rng.uniform(0.0, 0.15) * bg
         return _to_uint(_finish(rng, img, blur, snr), rng, np.uint16), labels
 
     if kind == "brightfield":
-        obj = _object_field(rng, labels, 0.15, 0.6, rng.uniform(0.05, 0.4))
+        obj = object_field(rng, labels, 0.15, 0.6, rng.uniform(0.05, 0.4))
         rim = find_boundaries(labels, mode="inner").astype(np.float32)
         rim = ndi.gaussian_filter(rim, 0.8) * rng.uniform(0.0, 1.5)
         img = bg * (1.0 - obj - rim * 0.3) + 0.2
@@ -244,8 +244,8 @@ def synth_image(
     assert grow
     nuclei = labels
     cells = expand_labels(nuclei, distance=rng.uniform(0.6, 1.6) * r_hi)
-    nuc = _finish(rng, _object_field(rng, nuclei, 0.4, 1.0, 0.2) + 0.05 * bg, blur, snr)
-    cyto_level = _object_field(rng, cells, 0.2, 0.7, rng.uniform(0.1, 0.5))
+    nuc = _finish(rng, object_field(rng, nuclei, 0.4, 1.0, 0.2) + 0.05 * bg, blur, snr)
+    cyto_level = object_field(rng, cells, 0.2, 0.7, rng.uniform(0.1, 0.5))
     edges = find_boundaries(cells, mode="inner") * rng.uniform(0.0, 0.6)
     cyto = _finish(rng, cyto_level * (1.0 + edges) + 0.05 * bg, blur, snr)
     chans = [nuc, cyto]

@@ -32,12 +32,18 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import ndimage as ndi
-from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 
 from samlib.errors import ParameterError, SamlibError
 from samlib.evaluation.metrics import evaluate
+from samlib.everything.generate import segment_everything
+from samlib.image.display import to_rgb8
+from samlib.image.io import read_image
+from samlib.models.loading import default_model_name, load_model, suggested_params
 from samlib.prompts.prompting import clip_masks_to_box
+from samlib.tiling.prompts import TiledEmbeddings, predict_tiled
+from samlib.tiling.tiles import segment_everything_tiled
 
 
 def object_prompts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -125,7 +131,6 @@ def tiled_prompt_ious(
     box_margin: float = 0.0,
 ) -> dict[str, Any]:
     """As :func:`prompt_ious`, each prompt on the native-resolution tile that suits it best."""
-    from samlib.tiling.prompts import TiledEmbeddings, predict_tiled
 
     tiled = TiledEmbeddings.build(model, rgb8, tile_size=tile_size, halo=halo)
     t0 = time.perf_counter()
@@ -139,14 +144,14 @@ def tiled_prompt_ious(
     for i, point, box in zip(ids, points, boxes, strict=True):
         res = predict_tiled(model, tiled, points=point[None], labels=[1], multimask=True)
         best = res.result.masks[0, int(np.argmax(res.scores))]
-        pt_iou.append(_window_iou(best, res.tile.window, labels, i, areas[i]))
+        pt_iou.append(window_iou(best, res.tile.window, labels, i, areas[i]))
         res = predict_tiled(model, tiled, box=box, multimask=False)
         window = res.tile.window
         raw = res.result.masks[0, 0]
-        raw_iou.append(_window_iou(raw, window, labels, i, areas[i]))
+        raw_iou.append(window_iou(raw, window, labels, i, areas[i]))
         in_window = box - np.tile(np.asarray(window[:2], dtype=box.dtype), 2)
         clipped = clip_masks_to_box(raw, in_window)
-        box_iou.append(_window_iou(clipped, window, labels, i, areas[i]))
+        box_iou.append(window_iou(clipped, window, labels, i, areas[i]))
     return {
         "point_miou": float(np.mean(pt_iou)) if pt_iou else 0.0,
         "box_miou": float(np.mean(box_iou)) if box_iou else 0.0,
@@ -156,7 +161,7 @@ def tiled_prompt_ious(
     }
 
 
-def _window_iou(
+def window_iou(
     mask: np.ndarray, window: tuple[int, int, int, int], labels: np.ndarray, i: int, gt_area: int
 ) -> float:
     """IoU of a mask in the frame of ``window`` (XYXY) with object ``i`` of ``labels``."""
@@ -169,15 +174,6 @@ def _iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     inter = (pred & gt).sum((1, 2))
     union = (pred | gt).sum((1, 2))
     return inter / np.maximum(union, 1)
-
-
-def everything_masks(model: Sam, rgb8: np.ndarray, **params: Any) -> list[dict[str, Any]]:
-    """Mask records of segment-everything (samlib's generator when present, else stock)."""
-    try:
-        from samlib.everything.generate import segment_everything
-    except ImportError:
-        return SamAutomaticMaskGenerator(model, **params).generate(rgb8)
-    return segment_everything(model, rgb8, **params)
 
 
 def evaluate_model(
@@ -210,8 +206,6 @@ def evaluate_model(
     if not np.isfinite(box_margin) or box_margin < 0:
         raise ParameterError(f"box_margin must be 0 or more pixels, got {box_margin}")
     if tiled:
-        from samlib.tiling.tiles import segment_everything_tiled
-
         out: dict[str, Any] = tiled_prompt_ious(
             model, rgb8, labels, tile_size=tile_size, halo=halo, box_margin=box_margin
         )
@@ -222,7 +216,7 @@ def evaluate_model(
     else:
         out = prompt_ious(model, rgb8, labels, box_margin=box_margin)
         t0 = time.perf_counter()
-        records = everything_masks(model, rgb8, **generator_params)
+        records = segment_everything(model, rgb8, **generator_params)
     out["everything_seconds"] = time.perf_counter() - t0
     keep = [
         r
@@ -275,10 +269,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     try:
-        from samlib.image.display import to_rgb8
-        from samlib.image.io import read_image
-        from samlib.models.loading import default_model_name, load_model, suggested_params
-
         if not args.tiled and (args.tile_size is not None or args.halo is not None):
             raise ParameterError("--tile-size and --halo need --tiled")
         name = args.model or default_model_name()

@@ -2,7 +2,8 @@
 
 Generator parameters, decoding candidates (exact or fast) and re-filtering them.
 
-May import: samlib.errors, samlib.workspace, samlib.records, samlib.models, samlib.decoding.
+May import: samlib.errors, samlib.workspace, samlib.image, samlib.records, samlib.models,
+samlib.decoding.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
+from segment_anything.utils.amg import build_all_layer_point_grids
 
 from samlib.errors import ParameterError
 
@@ -84,7 +85,6 @@ class GeneratorParams:
 
     def grids(self) -> list[np.ndarray]:
         """Point grids (N_i, 2) XY in [0, 1], one per crop layer, as the stock generator builds."""
-        from segment_anything.utils.amg import build_all_layer_point_grids
 
         if self.point_grids is not None:
             return [np.asarray(g) for g in self.point_grids]

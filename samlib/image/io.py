@@ -14,7 +14,9 @@ import warnings
 from pathlib import Path
 from typing import IO
 
+import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from samlib.errors import (
     CorruptImageError,
@@ -23,17 +25,10 @@ from samlib.errors import (
     ParameterError,
     UnsupportedImageError,
 )
-from samlib.image.display import to_rgb8
-from samlib.image.microscopy import MicroscopyImage, as_image
+from samlib.image.microscopy import MicroscopyImage, as_image, check_size
+from samlib.image.tiff import read_tiff
 
-__all__ = [
-    "DEFAULT_MAX_PIXELS",
-    "MicroscopyImage",
-    "as_image",
-    "read_image",
-    "sniff_format",
-    "to_rgb8",
-]
+__all__ = ["DEFAULT_MAX_PIXELS", "read_image", "sniff_format"]
 
 #: Largest number of array elements (planes x Y x X x channels) read by default: 2**28,
 #: i.e. Pillow's own decompression-bomb limit for an RGB image (about 89 Mpx x 3).
@@ -136,8 +131,6 @@ def read_image(
                 f"{label}: not a PNG, JPEG, BMP or TIFF file (starts with {head[:4]!r})"
             )
         if fmt == "TIFF":
-            from samlib.image.tiff import read_tiff
-
             array, found_axes, pixel_size, meta = read_tiff(stream, label, max_pixels)
         else:
             if axes is not None:
@@ -155,23 +148,8 @@ def read_image(
     )
 
 
-def check_size(shape: tuple[int, ...], label: str, max_pixels: int) -> None:
-    """Raise :class:`ImageTooLargeError` when ``prod(shape) > max_pixels``; zero-size axes raise
-    :class:`CorruptImageError`."""
-    if 0 in shape:
-        raise CorruptImageError(f"{label}: image has a zero-size axis, shape {tuple(shape)}")
-    n = int(np.prod(shape, dtype=np.int64))
-    if n > max_pixels:
-        raise ImageTooLargeError(
-            f"{label}: {n:,} pixel values (shape {tuple(shape)}) exceed the limit of "
-            f"{max_pixels:,}; crop or downsample the image, or raise max_pixels"
-        )
-
-
 def _read_png16_rgb(stream: IO[bytes], label: str, max_pixels: int):
     """16-bit RGB(A) PNG via OpenCV: Pillow would silently reduce it to 8 bits."""
-    import cv2
-
     head = stream.read(33)
     width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     check_size((height, width, 3), label, max_pixels)
@@ -191,8 +169,6 @@ def _png_is_16bit_color(stream: IO[bytes]) -> bool:
 
 
 def _read_pillow(stream: IO[bytes], label: str, max_pixels: int):
-    from PIL import Image, UnidentifiedImageError
-
     if _png_is_16bit_color(stream):
         return _read_png16_rgb(stream, label, max_pixels)
 

@@ -15,7 +15,12 @@ from functools import cached_property
 
 import numpy as np
 
-from samlib.errors import CorruptImageError, ParameterError, UnsupportedImageError
+from samlib.errors import (
+    CorruptImageError,
+    ImageTooLargeError,
+    ParameterError,
+    UnsupportedImageError,
+)
 
 #: Axis letters read as channels (tifffile: C = channel, S = sample, e.g. RGB).
 CHANNEL_AXES = frozenset("CS")
@@ -245,3 +250,16 @@ def as_image(
         pixel_size_um=pixel_size_um,
         metadata=dict(metadata or {}),
     )
+
+
+def check_size(shape: tuple[int, ...], label: str, max_pixels: int) -> None:
+    """Raise :class:`ImageTooLargeError` when ``prod(shape) > max_pixels``; zero-size axes raise
+    :class:`CorruptImageError`."""
+    if 0 in shape:
+        raise CorruptImageError(f"{label}: image has a zero-size axis, shape {tuple(shape)}")
+    n = int(np.prod(shape, dtype=np.int64))
+    if n > max_pixels:
+        raise ImageTooLargeError(
+            f"{label}: {n:,} pixel values (shape {tuple(shape)}) exceed the limit of "
+            f"{max_pixels:,}; crop or downsample the image, or raise max_pixels"
+        )

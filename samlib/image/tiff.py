@@ -15,7 +15,7 @@ from samlib.errors import (
     SamlibError,
     UnsupportedImageError,
 )
-from samlib.image.microscopy import guess_axes
+from samlib.image.microscopy import check_size, guess_axes
 
 #: tifffile's letters for axes it could not name; we guess these from the shape.
 _UNKNOWN_AXES = frozenset("QI")
@@ -85,8 +85,6 @@ def _pixel_size_um(tif: tifffile.TiffFile) -> float | None:
 
 def read_tiff(stream: IO[bytes], label: str, max_pixels: int):
     """Read the first series of a TIFF; return ``(array, axes, pixel_size_um, metadata)``."""
-    from samlib.image.io import check_size
-
     capture = _Capture()
     logger = logging.getLogger("tifffile")
     logger.addHandler(capture)

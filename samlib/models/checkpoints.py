@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from segment_anything.modeling import Sam
 
+from samlib import __version__
 from samlib.errors import CheckpointError, UnsafeCheckpointError
 from samlib.models.arch import ENCODERS, SamConfig, build_sam, detect_config
 
@@ -177,7 +178,6 @@ def save_checkpoint(
     ``extra`` (plain JSON-like values) goes into ``meta``, and so does the model's
     ``mask_threshold`` where it is not SAM's 0.0. Written atomically.
     """
-    from samlib import __version__
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

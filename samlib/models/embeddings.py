@@ -33,6 +33,7 @@ from samlib.errors import ParameterError
 from samlib.image.display import check_rgb8
 from samlib.image.microscopy import image_hash
 from samlib.models.accel import accelerated
+from samlib.models.loading import cache_dir
 
 __all__ = [
     "Embedding",
@@ -126,7 +127,6 @@ def check_embedding(embedding: Embedding, rgb8: np.ndarray) -> None:
 
 def default_cache_dir() -> Path:
     """Folder for the disk cache of embeddings: ``<samlib cache>/embeddings``."""
-    from samlib.models.loading import cache_dir
 
     return cache_dir() / "embeddings"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from platformdirs import user_cache_dir
 from segment_anything.modeling import Sam
 
 from samlib.errors import ChecksumError, ModelNotDownloadedError, UnknownModelError
@@ -28,6 +29,7 @@ from samlib.models.checkpoints import (
     read_checkpoint,
     save_checkpoint,
 )
+from samlib.models.download import download_file
 from samlib.models.registry import (
     DOWNLOAD_PREFERENCE,
     REGISTRY,
@@ -87,7 +89,6 @@ def cache_dir() -> Path:
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).expanduser()
-    from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("samlib", appauthor=False))
 
@@ -194,7 +195,6 @@ def verify_cached(name: str) -> str:
 
 def download_model(name: str, progress: Callable[[int, int | None], None] | None = None) -> Path:
     """Download registered model ``name`` into the cache (no network if already there)."""
-    from samlib.models.download import download_file
 
     entry = registered(name)
     path = checkpoint_path(name)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from samlib.errors import UnknownModelError
 from samlib.models.arch import VIT_B, VIT_H, VIT_L, SamConfig
+from samlib.models.small_encoder import SMALL_CNN
 
 
 @dataclass(frozen=True)
@@ -147,8 +148,6 @@ def registered(name: str) -> ModelEntry:
 # and metrics). Registered here so that something runs offline; default_model_name()
 # picks it only when no official checkpoint is cached.
 def _register_bundled() -> None:
-    from samlib.models.small_encoder import SMALL_CNN
-
     register_model(
         ModelEntry(
             name="small_cnn",

@@ -2,8 +2,8 @@
 
 Tiles with a halo, stitched and de-duplicated, for everything and prompts.
 
-May import: samlib.errors, samlib.coords, samlib.records, samlib.models, samlib.prompts,
-samlib.everything.
+May import: samlib.errors, samlib.coords, samlib.image, samlib.records, samlib.models,
+samlib.prompts, samlib.everything.
 """
 
 from __future__ import annotations

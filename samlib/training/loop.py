@@ -12,8 +12,10 @@ model, the data, the parameters and the metrics.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,8 +26,11 @@ import numpy as np
 import torch
 from segment_anything.modeling import Sam
 
-from samlib.errors import ParameterError
+from samlib.errors import ParameterError, SamlibError
+from samlib.image.display import to_rgb8
+from samlib.image.io import read_image
 from samlib.models.arch import SamConfig
+from samlib.models.loading import default_model_name, load_model, pick_device, save_checkpoint
 from samlib.training.prompts import Sample, prepare_sample
 from samlib.training.step import train_step, validate
 
@@ -157,7 +162,6 @@ def train(
     TrainResult
         The model holds the best epoch's weights when this returns.
     """
-    from samlib.models.loading import pick_device
 
     params = params or TrainParams()
     params.check()
@@ -264,8 +268,6 @@ def train(
 
 
 def _save(model, state, out, config, result, params, base_model, data, t0) -> Path:
-    from samlib.models.loading import save_checkpoint
-
     meta = {
         "base_model": base_model,
         "data": data,
@@ -287,9 +289,6 @@ def _save(model, state, out, config, result, params, base_model, data, t0) -> Pa
 
 
 def _read_pairs(images: Sequence[str], labels: Sequence[str]) -> list[Pair]:
-    from samlib.image.display import to_rgb8
-    from samlib.image.io import read_image
-
     if len(images) != len(labels):
         raise ParameterError(f"{len(images)} images but {len(labels)} label images")
     pairs = []
@@ -303,10 +302,7 @@ def _read_pairs(images: Sequence[str], labels: Sequence[str]) -> list[Pair]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m samlib train``: fine-tune a model on annotated images (see ``--help``)."""
-    import argparse
-    import sys
 
-    from samlib.errors import SamlibError
 
     ap = argparse.ArgumentParser(
         prog="python -m samlib train",
@@ -342,8 +338,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--device", default=None)
     args = ap.parse_args(argv)
     try:
-        from samlib.models.loading import default_model_name, load_model
-
         name = args.model or default_model_name()
         pairs = _read_pairs(args.image, args.labels)
         val_pairs = _read_pairs(args.val_image, args.val_labels)
