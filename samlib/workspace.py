@@ -3,8 +3,7 @@
 On a CPU, a freshly allocated tensor of more than a few MB comes from new pages that the
 kernel must fault in and zero on first write: for element-wise work on 16-50 MB tensors
 (SAM's MLP activations, attention masks, upscaled mask features) that costs as much time
-as the arithmetic itself (writing a new 32 MB tensor: 11 ms; an already-touched one:
-0.9 ms, on the 2-core test machine). Code that runs inside :func:`workspace` asks
+as the arithmetic itself (``benchmarks/README.md``). Code that runs inside :func:`workspace` asks
 :func:`buffer` for its scratch tensors by name and gets the same memory back on every
 later call with that name; outside a workspace, :func:`buffer` allocates as usual.
 

@@ -4,9 +4,9 @@
 replay one given with ``--recipe``, and write the export files the app offers under the
 same names (:data:`samlib.outputs.export.EXPORTS`).
 
-samlib modules are imported inside the commands: importing them all takes 3.4 s (torch,
-scikit-image, pandas) against 0.03 s for the parser alone, which ``samlib --help`` and
-every usage error would otherwise pay.
+samlib modules are imported inside the commands: importing them all (torch, scikit-image,
+pandas) takes about a hundred times as long as the parser alone (``benchmarks/README.md``),
+which ``samlib --help`` and every usage error would otherwise pay.
 """
 
 from __future__ import annotations

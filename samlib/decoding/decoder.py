@@ -16,8 +16,9 @@ which keeps its temporaries small; a lone prompt in a chunk is computed as a bat
 where that matters. A :class:`PointDecoder` keeps per-image state: use one per thread.
 
 Inside a :func:`samlib.workspace.workspace`, the image-sized intermediates go to reused
-buffers and element-wise steps run in place (same operations, same bits): on a CPU,
-paging in fresh memory for them took a fifth of the decoding time.
+buffers and element-wise steps run in place (same operations, same bits), since paging
+in fresh memory for them is a measurable share of the decoding time on a CPU
+(``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -95,8 +96,8 @@ def _conv_t(conv: torch.nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)``, run on a channels-last copy of ``x`` where that gives the same bits.
 
     On a CPU, oneDNN's transposed convolution of one image is several times faster on
-    channels-last input (SAM's 256->64 upscaling of one prompt: 12.8 ms -> 3.2 ms); it
-    is used where the first call for that shape gave the same numbers, and the result
+    channels-last input (``benchmarks/README.md``); it is used where the first call for
+    that shape gave the same numbers, and the result
     comes back in the memory format the stock call returns.
     """
     if x.device.type != "cpu":

@@ -190,10 +190,8 @@ def decode_candidates(
     device = model.device
     if chunk is None:
         # Any chunking gives the same bits. On a CPU, small chunks keep the per-prompt
-        # image-sized temporaries in cache: vit_b, 144 points, two threads: 5.0 s at 4,
-        # 6.1 s at 8, 7.2 s at 16, 7.8 s at 64; the small demo model (8x smaller image
-        # tokens), earlier code: 16 s at 4, 14.6 s at 16, 21.5 s at 64. GPUs prefer whole
-        # stock batches.
+        # image-sized temporaries in cache, and 8 MB of image tokens was the fastest
+        # measured (benchmarks/README.md). GPUs prefer whole stock batches.
         chunk = params.points_per_batch
         if device.type == "cpu":
             chunk = min(chunk, cpu_chunk(model, 8 * 2**20, minimum=4))

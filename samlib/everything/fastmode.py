@@ -41,10 +41,9 @@ from samlib.workspace import workspace
 __all__ = ["fast_candidates", "upsample_once"]
 
 # Bytes of per-prompt image tokens whose image-side work runs at once on a CPU (see
-# candidates.cpu_chunk): SAM's are 4 MB; vit_b, 144 points, two threads: 3.0-3.5 s at 1,
-# 2.9-3.1 s at 2, 3.1 s at 4, 3.9-4.2 s at 8 prompts (one thread, earlier code: 5.5 s at 1,
-# 8.5 s at 8); the small demo model's are 0.5 MB (1,024 points, earlier code: 7.1 s at 1,
-# 6.0 s at 8, 6.5 s at 32). GPUs take whole batches.
+# candidates.cpu_chunk): one or two of SAM's prompts (4 MB each), eight of the small demo
+# model's (0.5 MB), the fastest measured chunks (benchmarks/README.md). GPUs take whole
+# batches.
 CPU_CHUNK_BYTES = 4 * 2**20
 
 

@@ -4,12 +4,11 @@
 ``torch.nn.functional.scaled_dot_product_attention``, passing SAM's decomposed
 relative-position terms as the additive attention mask, a chunk of queries at a time.
 The maths is unchanged (the embedding differs from stock by float rounding only, ~1e-6);
-the fused kernel avoids materialising and re-reading the attention matrix several times
-(vit_b at 1024 x 1024 on one CPU thread: 20.7 s stock, 14.6 s). The blocks then run with
-in-place residual sums and GELU, and the large intermediates (attention masks, q/k/v,
-MLP activations) are written into buffers kept for one encoder call
-(:mod:`samlib.workspace`): on a CPU, paging in fresh memory for them cost about a third
-of the remaining time (vit_b, 1024 x 1024, two threads: 7.8 s -> 6.5 s; stock 11.3 s).
+the fused kernel avoids materialising and re-reading the attention matrix several times.
+The blocks then run with in-place residual sums and GELU, and the large intermediates
+(attention masks, q/k/v, MLP activations) are written into buffers kept for one encoder
+call (:mod:`samlib.workspace`), since on a CPU paging in fresh memory for them costs a
+large share of the time. Both gains are measured in ``benchmarks/README.md``.
 
 Under autograd or autocast the blocks fall back to out-of-place operations.
 On CUDA, bfloat16 autocast is enabled only if the embedding of a probe image stays
@@ -59,8 +58,7 @@ def _rel_pos_terms(
 # Queries attended at once. The bias of a chunk is materialised as the attention mask
 # (chunk x tokens per head); for SAM's global attention (4,096 tokens, 12 heads) a chunk
 # of 1,024 needs 200 MB instead of 800 MB for all queries, and was the fastest measured
-# on a CPU (attention of one global vit_b block, one thread: 1.18 s; 1.53 s unchunked;
-# 1.85 s with the bias folded into wider q and k instead of a mask).
+# on a CPU, against no chunking and a bias folded into q and k (benchmarks/README.md).
 _QUERY_CHUNK = 1024
 
 

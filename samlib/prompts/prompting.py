@@ -178,8 +178,8 @@ def upscale_logits(
     rh = min(lh, -(-input_size[0] // factor) + 1)
     rw = min(lw, -(-input_size[1] // factor) + 1)
     x = low_res[..., :rh, :rw]
-    # One thread: the channels-last kernel is twice as fast (7 ms vs 16 ms for three
-    # masks to 1024 x 1024); with more, the default one splits the work better (4 ms vs 11).
+    # With one thread the channels-last kernel is the faster one; with more, the default
+    # one splits the work better (benchmarks/README.md).
     if torch.get_num_threads() == 1 and _channels_last_is_identical(x):
         x = x.contiguous(memory_format=torch.channels_last)
     up = F.interpolate(x, (rh * factor, rw * factor), mode="bilinear", align_corners=False)
