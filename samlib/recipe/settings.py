@@ -1,40 +1,10 @@
-"""A recipe: everything that produced a result, as the versioned JSON of ``params.json``.
-
-The app writes one with every download and the command line with every output folder;
-the command line (``samlib everything IMAGE --recipe params.json``) and every later tool
-read it back and get the same pixels, because replaying runs the very steps the app ran:
-
-- image conversion: :class:`~samlib.image.display.DisplaySettings` and the pixel size;
-- model: registry name (or checkpoint path) and the SHA-256 of its weights;
-- segment everything: generator parameters, fast mode and the live-filter floors
-  (:func:`~samlib.everything.generate.generate_candidates`), then the live filters:
-  thresholds and NMS (:func:`~samlib.everything.refilter.refilter_live`), the whole-image
-  outlier and the area range (:func:`~samlib.records.filters.filter_records`);
-- prompts: each kept object's points, labels, box, chosen candidate and options
-  (:func:`~samlib.prompts.objects.predict_candidates`).
-
-JSON layout (version 1; keys left out take their defaults, unknown keys are refused)::
-
-    {"recipe": 1, "kind": "everything" | "prompts",
-     "image": {"channels", "percentiles", "gamma", "plane", "pixel_size_um"},
-     "model": {"name", "sha256"},
-     "everything": {"generator": {...}, "fast", "iou_floor", "stability_floor"},
-     "filters": {"pred_iou_thresh", "stability_score_thresh", "box_nms_thresh",
-                 "crop_nms_thresh", "drop_whole_image", "min_area", "max_area"},
-     "objects": [{"points", "labels", "box", "candidate", "multimask", "clip_to_box"}],
-     "provenance": {...}}
-
-``everything`` and ``filters`` belong to kind ``everything``, ``objects`` to kind
-``prompts``. Areas are in pixels, points XY and boxes XYXY in image pixels.
-``provenance`` (:mod:`samlib.outputs.provenance`) is kept as read and never replayed.
-"""
+"""The recipe's settings: dataclasses, their JSON and its checks (see :mod:`samlib.recipe`)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -43,15 +13,19 @@ from typing import Any
 import numpy as np
 
 import samlib
-from samlib.errors import ModelMismatchWarning, RecipeError, SamlibError
-from samlib.everything.generate import generate_candidates
+from samlib.errors import RecipeError, SamlibError
 from samlib.everything.params import GeneratorParams
-from samlib.everything.refilter import refilter_live
 from samlib.image.display import DisplaySettings
-from samlib.image.microscopy import MicroscopyImage
-from samlib.models.embeddings import Embedding, compute_embedding
-from samlib.prompts.objects import PromptedObject, PromptSet, predict_candidates, records_of
-from samlib.records.filters import FilterResult, filter_records
+from samlib.prompts.objects import PromptedObject, PromptSet
+from samlib.recipe.checks import (
+    check_bool,
+    check_int,
+    check_number,
+    construct,
+    known_keys,
+    mapping,
+    number_value,
+)
 
 __all__ = [
     "KINDS",
@@ -61,11 +35,7 @@ __all__ = [
     "ModelRef",
     "ObjectPrompts",
     "Recipe",
-    "check_model",
     "read_recipe",
-    "replay",
-    "replay_everything",
-    "replay_prompts",
 ]
 
 RECIPE_VERSION = 1
@@ -101,13 +71,13 @@ class LiveFilters:
 
     def __post_init__(self) -> None:
         for name in ("pred_iou_thresh", "stability_score_thresh"):
-            _number(f"filters.{name}", getattr(self, name), 0.0, 1.0)
+            check_number(f"filters.{name}", getattr(self, name), 0.0, 1.0)
         for name in ("box_nms_thresh", "crop_nms_thresh"):
-            _number(f"filters.{name}", getattr(self, name), 0.0, 1.0)
-        _bool("filters.drop_whole_image", self.drop_whole_image)
+            check_number(f"filters.{name}", getattr(self, name), 0.0, 1.0)
+        check_bool("filters.drop_whole_image", self.drop_whole_image)
         for name in ("min_area", "max_area"):
             if getattr(self, name) is not None:
-                _number(f"filters.{name}", getattr(self, name), 0.0, math.inf)
+                check_number(f"filters.{name}", getattr(self, name), 0.0, math.inf)
         if self.min_area is not None and self.max_area is not None:
             if self.min_area > self.max_area:
                 raise RecipeError(
@@ -139,10 +109,10 @@ class EverythingSettings:
     stability_floor: float | None = None
 
     def __post_init__(self) -> None:
-        _bool("everything.fast", self.fast)
+        check_bool("everything.fast", self.fast)
         for name in ("iou_floor", "stability_floor"):
             if getattr(self, name) is not None:
-                _number(f"everything.{name}", getattr(self, name), 0.0, 1.0)
+                check_number(f"everything.{name}", getattr(self, name), 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -169,9 +139,9 @@ class ObjectPrompts:
             raise RecipeError("recipe objects: an object needs points or a box")
         if any(lab not in (0, 1) for lab in self.labels):
             raise RecipeError(f"recipe objects: labels must be 0 or 1, got {list(self.labels)}")
-        _int("objects.candidate", self.candidate, 0, 3)
-        _bool("objects.multimask", self.multimask)
-        _bool("objects.clip_to_box", self.clip_to_box)
+        check_int("objects.candidate", self.candidate, 0, 3)
+        check_bool("objects.multimask", self.multimask)
+        check_bool("objects.clip_to_box", self.clip_to_box)
 
     @classmethod
     def of(cls, obj: PromptedObject) -> ObjectPrompts:
@@ -217,7 +187,7 @@ class Recipe:
         if self.kind == "everything" and self.objects:
             raise RecipeError("a segment-everything recipe has no 'objects'")
         if self.pixel_size_um is not None:
-            _number("image.pixel_size_um", self.pixel_size_um, 0.0, math.inf, open_low=True)
+            check_number("image.pixel_size_um", self.pixel_size_um, 0.0, math.inf, open_low=True)
 
     # -- JSON ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -261,22 +231,22 @@ class Recipe:
     @classmethod
     def from_dict(cls, data: Any) -> Recipe:
         """Parse and check a recipe; raise :class:`~samlib.errors.RecipeError` (one line)."""
-        d = _mapping("recipe", data)
-        _known("recipe", d, TOP_KEYS)
+        d = mapping("recipe", data)
+        known_keys("recipe", d, TOP_KEYS)
         version = d.get("recipe")
         if version != RECIPE_VERSION:
             raise RecipeError(
                 f"this is not a version-{RECIPE_VERSION} recipe (its 'recipe' key is "
                 f"{version!r}); samlib {samlib.__version__} reads version {RECIPE_VERSION}"
             )
-        image = _mapping("image", d.get("image", {}))
-        _known("image", image, {"channels", "percentiles", "gamma", "plane", "pixel_size_um"})
+        image = mapping("image", d.get("image", {}))
+        known_keys("image", image, {"channels", "percentiles", "gamma", "plane", "pixel_size_um"})
         pixel_size = image.get("pixel_size_um")
         if pixel_size is not None:
-            pixel_size = _float("image.pixel_size_um", pixel_size)
+            pixel_size = number_value("image.pixel_size_um", pixel_size)
         display = _display(image)
-        model = _mapping("model", d.get("model"))
-        _known("model", model, {"name", "sha256"})
+        model = mapping("model", d.get("model"))
+        known_keys("model", model, {"name", "sha256"})
         if not isinstance(model.get("name"), str) or not model["name"]:
             raise RecipeError("recipe model.name must be a model name or checkpoint path")
         sha = model.get("sha256")
@@ -284,15 +254,15 @@ class Recipe:
             raise RecipeError(f"recipe model.sha256 must be a hex string, got {sha!r}")
         everything = filters = None
         if "everything" in d:
-            everything = _everything(_mapping("everything", d["everything"]))
+            everything = _everything(mapping("everything", d["everything"]))
         if "filters" in d:
-            filters = _construct(LiveFilters, "filters", _mapping("filters", d["filters"]))
+            filters = construct(LiveFilters, "filters", mapping("filters", d["filters"]))
         objects = ()
         if "objects" in d:
             if not isinstance(d["objects"], list):
                 raise RecipeError("recipe objects must be a list")
             objects = tuple(_object(i, o) for i, o in enumerate(d["objects"]))
-        provenance = _mapping("provenance", d.get("provenance", {}))
+        provenance = mapping("provenance", d.get("provenance", {}))
         return cls(
             kind=d.get("kind"),
             model=ModelRef(model["name"], sha),
@@ -325,136 +295,6 @@ def read_recipe(source: str | os.PathLike[str]) -> Recipe:
     return Recipe.from_dict(data)
 
 
-# -- replaying --------------------------------------------------------------------------
-def check_model(recipe: Recipe, model) -> str | None:
-    """Warn (:class:`~samlib.errors.ModelMismatchWarning`) when ``model`` is not the
-    recipe's: its weights have another SHA-256. Returns the warning text, or None."""
-    loaded = getattr(getattr(model, "samlib_info", None), "sha256", None)
-    want = recipe.model.sha256
-    if not want or not loaded or loaded == want:
-        return None
-    text = (
-        f"the model's weights (SHA-256 {loaded[:12]}...) are not those the recipe was made "
-        f"with ({want[:12]}...); results can differ"
-    )
-    warnings.warn(text, ModelMismatchWarning, stacklevel=2)
-    return text
-
-
-def replay_everything(
-    recipe: Recipe, model, rgb8: np.ndarray, *, embedding: Embedding | None = None, progress=None
-) -> FilterResult:
-    """Segment everything as the recipe says: decode, then the live filters, as the app."""
-    if recipe.everything is None or recipe.filters is None:
-        raise RecipeError(f"a {recipe.kind} recipe has no segment-everything settings")
-    e, f = recipe.everything, recipe.filters
-    cands = generate_candidates(
-        model,
-        rgb8,
-        e.generator,
-        fast=e.fast,
-        iou_floor=e.iou_floor,
-        stability_floor=e.stability_floor,
-        embedding=embedding,
-        progress=progress,
-    )
-    records = refilter_live(cands, **f.thresholds())
-    return filter_records(
-        records,
-        min_area=f.min_area,
-        max_area=f.max_area,
-        drop_whole_image=f.drop_whole_image,
-        image_shape=rgb8.shape[:2],
-        n_candidates=len(cands),
-    )
-
-
-def replay_prompts(recipe: Recipe, model, embedding: Embedding) -> list[PromptedObject]:
-    """The recipe's prompted objects, predicted again on ``embedding``."""
-    out = []
-    for i, spec in enumerate(recipe.objects):
-        found = predict_candidates(
-            model,
-            embedding,
-            spec.prompt_set(),
-            multimask=spec.multimask,
-            clip_to_box=spec.clip_to_box,
-        )
-        n = found.masks.shape[1]
-        if spec.candidate >= n:
-            raise RecipeError(
-                f"recipe object {i}: candidate {spec.candidate} does not exist; its prompts "
-                f"give {n}"
-            )
-        out.append(found.objects(spec.candidate)[0])
-    return out
-
-
-def replay(
-    recipe: Recipe,
-    model,
-    image: MicroscopyImage,
-    *,
-    embedding: Embedding | None = None,
-    progress=None,
-) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Convert ``image`` and make the recipe's masks: ``(rgb8, records)``."""
-    rgb8 = recipe.image.render(image)
-    if recipe.kind == "everything":
-        result = replay_everything(recipe, model, rgb8, embedding=embedding, progress=progress)
-        return rgb8, result.kept
-    emb = embedding if embedding is not None else compute_embedding(model, rgb8)
-    return rgb8, records_of(replay_prompts(recipe, model, emb))
-
-
-# -- parsing helpers --------------------------------------------------------------------
-def _mapping(name: str, value: Any) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise RecipeError(f"recipe {name} must be a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _known(name: str, d: Mapping[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(d) - allowed)
-    if unknown:
-        raise RecipeError(
-            f"recipe {name} has unknown key(s) {unknown}; known: {sorted(allowed)}"
-        )
-
-
-def _float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RecipeError(f"recipe {name} must be a number, got {value!r}")
-    return float(value)
-
-
-def _number(name: str, value: Any, low: float, high: float, open_low: bool = False) -> None:
-    v = _float(name, value)
-    if not math.isfinite(v) or v < low or v > high or (open_low and v == low):
-        where = f"> {low}" if open_low and high == math.inf else f"in [{low}, {high}]"
-        raise RecipeError(f"recipe {name} must be a finite number {where}, got {value!r}")
-
-
-def _int(name: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise RecipeError(f"recipe {name} must be an integer in [{low}, {high}], got {value!r}")
-
-
-def _bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise RecipeError(f"recipe {name} must be true or false, got {value!r}")
-
-
-def _construct(cls, name: str, d: Mapping[str, Any]):
-    _known(name, d, {f.name for f in fields(cls)})
-    try:
-        return cls(**d)
-    except RecipeError:
-        raise
-    except (SamlibError, TypeError) as exc:
-        raise RecipeError(f"recipe {name}: {exc}") from None
-
-
 def _display(image: Mapping[str, Any]) -> DisplaySettings:
     d = {k: v for k, v in image.items() if k != "pixel_size_um"}
     if "channels" in d:
@@ -470,12 +310,12 @@ def _display(image: Mapping[str, Any]) -> DisplaySettings:
         pr = d["percentiles"]
         if not isinstance(pr, list) or len(pr) != 2:
             raise RecipeError(f"recipe image.percentiles must be [low, high], got {pr!r}")
-        lo, hi = (_float("image.percentiles", v) for v in pr)
+        lo, hi = (number_value("image.percentiles", v) for v in pr)
         if not 0 <= lo < hi <= 100:
             raise RecipeError(f"recipe image.percentiles must rise within 0..100, got {pr!r}")
         d["percentiles"] = (lo, hi)
     if "gamma" in d:
-        _number("image.gamma", d["gamma"], 0.0, math.inf, open_low=True)
+        check_number("image.gamma", d["gamma"], 0.0, math.inf, open_low=True)
     if "plane" in d:
         plane = d["plane"]
         ok = plane == "max" or (isinstance(plane, int) and not isinstance(plane, bool))
@@ -485,19 +325,19 @@ def _display(image: Mapping[str, Any]) -> DisplaySettings:
 
 
 def _everything(d: Mapping[str, Any]) -> EverythingSettings:
-    _known("everything", d, {f.name for f in fields(EverythingSettings)})
-    gen = _mapping("everything.generator", d.get("generator", {}))
+    known_keys("everything", d, {f.name for f in fields(EverythingSettings)})
+    gen = mapping("everything.generator", d.get("generator", {}))
     try:
         generator = GeneratorParams.from_kwargs(**gen)
     except SamlibError as exc:
         raise RecipeError(f"recipe everything.generator: {exc}") from None
     rest = {k: v for k, v in d.items() if k != "generator"}
-    return _construct(EverythingSettings, "everything", {"generator": generator, **rest})
+    return construct(EverythingSettings, "everything", {"generator": generator, **rest})
 
 
 def _object(i: int, data: Any) -> ObjectPrompts:
-    d = dict(_mapping(f"objects[{i}]", data))
-    _known(f"objects[{i}]", d, {f.name for f in fields(ObjectPrompts)})
+    d = dict(mapping(f"objects[{i}]", data))
+    known_keys(f"objects[{i}]", d, {f.name for f in fields(ObjectPrompts)})
     try:
         points = tuple(
             (float(p[0]), float(p[1])) for p in d.get("points", []) if len(p) == 2
@@ -515,4 +355,4 @@ def _object(i: int, data: Any) -> ObjectPrompts:
             f"recipe objects[{i}]: points must be [[x, y], ...] and box [x0, y0, x1, y1]"
         ) from None
     d.update(points=points, box=box, labels=labels)
-    return _construct(ObjectPrompts, f"objects[{i}]", d)
+    return construct(ObjectPrompts, f"objects[{i}]", d)
