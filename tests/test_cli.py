@@ -339,3 +339,48 @@ def test_everything_starts_from_the_models_suggested_thresholds(scene, capsys):
     for key, value in suggested.items():
         if key != "stability_score_thresh":
             assert used[key] == value
+
+
+def test_everything_params_json_replays_to_the_same_labels(scene, capsys, tiny_checkpoint):
+    base = ["everything", scene / "img.tif", "--model", tiny_checkpoint, "--quiet"]
+    settings = ["--set", "points_per_side=4", "--set", "pred_iou_thresh=0", "--set"]
+    settings += ["stability_score_thresh=0", "--keep-whole-image", "--min-area", "1"]
+    code, _, err = _run(capsys, *base, *settings, "--out", scene / "a")
+    assert code == 0, err
+    recipe = scene / "a" / "params.json"
+    code, _, err = _run(capsys, *base, "--recipe", recipe, "--out", scene / "b", "--no-cache")
+    assert code == 0 and err == ""
+    first, again = (tifffile.imread(scene / d / "labels.tif") for d in ("a", "b"))
+    assert np.array_equal(first, again) and first.max() > 0
+    replayed = json.loads((scene / "b" / "params.json").read_text())
+    assert {k: v for k, v in replayed.items() if k != "provenance"} == {
+        k: v for k, v in json.loads(recipe.read_text()).items() if k != "provenance"
+    }
+
+
+def test_recipe_errors_and_the_model_hash_warning(scene, capsys, tiny_checkpoint):
+    base = ["everything", scene / "img.tif", "--model", tiny_checkpoint, "--quiet"]
+    assert _run(capsys, *base, "--set", "points_per_side=4", "--out", scene / "a")[0] == 0
+    recipe = json.loads((scene / "a" / "params.json").read_text())
+    path = scene / "params.json"
+    path.write_text(json.dumps(recipe))
+    extra = ["--set", "points_per_side=8"]
+    code, _, err = _run(capsys, *base, "--recipe", path, *extra, "--out", scene / "x")
+    assert code == 2 and "--set cannot go with --recipe" in err
+    code, _, err = _run(capsys, "prompt", scene / "img.tif", "--recipe", path, "--out", scene / "x")
+    assert code == 2 and "segment-everything recipe: replay it with `samlib everything`" in err
+    path.write_text(json.dumps({**recipe, "recipe": 7}))
+    code, _, err = _run(capsys, *base, "--recipe", path, "--out", scene / "x")
+    assert code == 2 and "not a version-1 recipe" in err and err.count("\n") == 1
+    code, _, err = _run(capsys, *base, "--export", "labels_tiff,gif", "--out", scene / "x")
+    assert code == 2 and "unknown export formats ['gif']" in err
+    other = {**recipe, "model": {"name": "tiny", "sha256": "0" * 64}}
+    path.write_text(json.dumps(other))
+    code, _, err = _run(capsys, *base, "--recipe", path, "--out", scene / "w")
+    assert code == 0 and err.startswith("samlib: warning: the model's weights")
+    quiet = ["--ignore-model-hash", "--out", scene / "v"]
+    code, _, err = _run(capsys, *base, "--recipe", path, *quiet)
+    assert code == 0 and err == ""
+    del base[2:4]  # no --model: the recipe names a model that is not here
+    code, _, err = _run(capsys, *base, "--recipe", path, "--out", scene / "u")
+    assert code == 2 and "give the recipe's model with --model" in err

@@ -96,7 +96,8 @@ def _read_recipe(args: argparse.Namespace, kind: str):
     recipe = read_recipe(args.recipe)
     if recipe.kind != kind:
         other = "samlib everything" if recipe.kind == "everything" else "samlib prompt"
-        raise RecipeError(f"{args.recipe} is a {recipe.kind} recipe: replay it with `{other}`")
+        what = "segment-everything" if recipe.kind == "everything" else "prompts"
+        raise RecipeError(f"{args.recipe} is a {what} recipe: replay it with `{other}`")
     command = "everything" if kind == "everything" else "prompt"
     given = [
         name
@@ -105,7 +106,7 @@ def _read_recipe(args: argparse.Namespace, kind: str):
     ]
     if given:
         flags = ", ".join("--" + n.replace("_", "-") for n in given)
-        raise RecipeError(f"--recipe sets everything {flags} would; edit the recipe instead")
+        raise RecipeError(f"{flags} cannot go with --recipe, which sets them; edit the recipe")
     return recipe
 
 
