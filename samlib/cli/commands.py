@@ -15,45 +15,14 @@ import argparse
 import json
 import math
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+from samlib.cli.progress import ProgressBar
 from samlib.errors import ParameterError, PromptError, RecipeError, UnknownModelError
 
 __all__ = ["cmd_check", "cmd_download", "cmd_everything", "cmd_evaluate", "cmd_prompt"]
-
-
-class _Bar:
-    """A one-line progress bar on stderr (bytes or items)."""
-
-    def __init__(self, label: str, unit: str = "", enabled: bool = True) -> None:
-        self.label, self.unit, self.enabled = label, unit, enabled
-        self.start = time.monotonic()
-        self.last = 0.0
-
-    def __call__(self, done: int, total: int | None) -> None:
-        now = time.monotonic()
-        if not self.enabled or (now - self.last < 0.2 and done != total):
-            return
-        self.last = now
-        scale, unit = (1e6, " MB") if self.unit == "B" else (1, "")
-        rate = done / scale / max(now - self.start, 1e-6)
-        if total:
-            frac = min(done / total, 1.0)
-            bar = "#" * int(frac * 30)
-            amount = f"{done / scale:.1f}/{total / scale:.1f}{unit}"
-            text = f"{self.label} [{bar:<30}] {100 * frac:5.1f}% {amount}"
-        else:
-            text = f"{self.label} {done / scale:.1f}{unit}"
-        sys.stderr.write(f"\r{text}  {rate:.1f}{unit}/s ")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 def _display(args: argparse.Namespace, image):
@@ -242,7 +211,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     for name in args.model:
         model_status(name)  # unknown names fail before any network access
     for name in args.model:
-        bar = _Bar(name, "B", enabled=not args.quiet)
+        bar = ProgressBar(name, "B", enabled=not args.quiet)
         try:
             path = download_model(name, progress=bar)
         finally:
@@ -355,7 +324,7 @@ def cmd_everything(args: argparse.Namespace) -> int:
     if recipe is None:
         recipe = _everything_recipe(args, image, model)
     rgb = recipe.image.render(image)
-    bar = _Bar("segment everything", enabled=not args.quiet)
+    bar = ProgressBar("segment everything", enabled=not args.quiet)
     try:
         emb = _embedding(args, model, rgb, recipe.image.as_dict())
         result = replay_everything(recipe, model, rgb, embedding=emb, progress=bar)
