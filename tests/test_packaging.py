@@ -17,6 +17,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 import samlib
 
@@ -41,12 +43,14 @@ def _pyproject() -> dict:
 
 
 def _lower_bounds(lines: list[str]) -> dict[str, str]:
-    """``{normalised name: lower bound}`` of requirement lines like ``scikit-image>=0.21``."""
+    """``{normalised name[extras]: lower bound}`` of lines like ``dask[distributed]>=2024.1``."""
     bounds = {}
     for line in lines:
-        match = re.fullmatch(r"([A-Za-z0-9._-]+)\s*>=\s*([^\s,;]+)", line.strip())
-        assert match, f"not a NAME>=VERSION requirement: {line!r}"
-        bounds[re.sub(r"[-_.]+", "-", match[1]).lower()] = match[2]
+        req = Requirement(line)
+        (spec,) = req.specifier  # one lower bound each: what real users can satisfy
+        assert spec.operator == ">=", f"not a NAME>=VERSION requirement: {line!r}"
+        extras = "".join(f"[{e}]" for e in sorted(req.extras))
+        bounds[canonicalize_name(req.name) + extras] = spec.version
     return bounds
 
 

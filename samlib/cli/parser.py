@@ -210,6 +210,38 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p)
     _image_options(p)
 
+    p = sub.add_parser("batch", help="run a segment-everything recipe over many images")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
+    p.add_argument("--recipe", type=Path, required=True, help="params.json from the app or a run")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--pattern", default=None, help="file names within folders, e.g. '*.tif'")
+    p.add_argument("--recursive", action="store_true", help="also look in sub-folders")
+    p.add_argument(
+        "--export",
+        default=None,
+        metavar="FORMAT[,FORMAT]",
+        help="files per image beside labels.tif, measurements.csv and params.json (or all)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="Dask worker processes on this machine (default: cores / threads); 0 runs here",
+    )
+    p.add_argument("--threads-per-worker", type=int, default=1, help="torch threads per image")
+    p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
+    p.add_argument("--no-resume", action="store_true", help="run images already done again")
+    p.add_argument(
+        "--ignore-model-hash",
+        action="store_true",
+        help="no warning when the model's weights are not the recipe's",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, help="registry name or file (default: the recipe's)")
+    g.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    g.add_argument("--allow-pickle", action="store_true", help="trusted checkpoints only")
+
     p = sub.add_parser("evaluate", help="compare a predicted label image with ground truth")
     p.add_argument("pred")
     p.add_argument("gt")
@@ -237,6 +269,7 @@ COMMANDS = {
     "download": cli_commands.cmd_download,
     "prompt": cli_commands.cmd_prompt,
     "everything": cli_commands.cmd_everything,
+    "batch": cli_commands.cmd_batch,
     "evaluate": cli_commands.cmd_evaluate,
 }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tempfile
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ __all__ = [
     "check_formats",
     "export_all",
     "export_makers",
+    "write_atomic",
     "write_exports",
 ]
 
@@ -221,6 +223,7 @@ def export_makers(
     params: Mapping[str, Any] | None = None,
     image_name: str = "image",
     overlap_rule: str = "area",
+    table: pd.DataFrame | None = None,
 ) -> dict[str, Callable[[], bytes]]:
     """One zero-argument function per export format (keys of :data:`EXPORTS`).
 
@@ -242,6 +245,8 @@ def export_makers(
     overlap_rule : str
         How overlapping masks are painted into label images
         (:func:`samlib.records.masks.paint_order`).
+    table : DataFrame, optional
+        The records' measurement table, when already made (else measured on demand).
     """
     if image_size is None and not records:
         raise ParameterError("no records and no image_size: cannot size the label image")
@@ -252,13 +257,15 @@ def export_makers(
     def labels() -> np.ndarray:
         return labels_from_records(records, rule=overlap_rule, shape=size)
 
-    def table() -> pd.DataFrame:
+    def measurements() -> pd.DataFrame:
+        if table is not None:
+            return table
         return measure_records(records, intensities, plane=plane, pixel_size_um=pixel_size_um)
 
     return {
         "labels_tiff": lambda: label_tiff_bytes(labels(), pixel_size_um=pixel_size_um),
         "labels_png": lambda: label_png_bytes(labels()),
-        "csv": lambda: csv_bytes(table()),
+        "csv": lambda: csv_bytes(measurements()),
         "coco": lambda: coco_json_bytes(records, image_name=image_name, image_size=size),
         "masks_zip": lambda: mask_pngs_zip_bytes(records),
         "rois": lambda: roi_zip_bytes(records),
@@ -298,13 +305,29 @@ def write_exports(
     **kwargs: Any,
 ) -> dict[str, Path]:
     """Write the files of ``formats`` into ``folder`` (created if needed) under their
-    :data:`EXPORTS` names; return the paths by format."""
+    :data:`EXPORTS` names; return the paths by format.
+
+    Each file is written under a temporary name and renamed into place, so an interrupted
+    run never leaves a half-written file under an export's name.
+    """
     files = export_all(records, image_size, formats=formats, **kwargs)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
     for fmt, content in files.items():
         path = folder / EXPORTS[fmt].file_name
-        path.write_bytes(content)
+        write_atomic(path, content)
         written[fmt] = path
     return written
+
+
+def write_atomic(path: Path, content: bytes) -> None:
+    """Write ``content`` to ``path`` through a temporary file in the same folder."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

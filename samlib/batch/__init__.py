@@ -1,0 +1,29 @@
+"""Batch runs: one recipe over a folder or ten thousand images, here or on a Dask cluster.
+
+:func:`find_images` expands the inputs, :func:`run_batch` segments each image as the
+recipe says (:func:`segment_image`, one model per process) and writes the per-image files,
+the combined tables and the manifest; started again, it skips what is done.
+
+May import: every subpackage but app and cli, and samlib.recipe.
+"""
+
+from __future__ import annotations
+
+from samlib.batch.inputs import IMAGE_SUFFIXES, find_images, output_names
+from samlib.batch.run import ALL_DONE, NOTHING_DONE, SOME_FAILED, BatchReport, run_batch
+from samlib.batch.task import ImageResult, ModelSpec, segment_image, worker_model
+
+__all__ = [
+    "ALL_DONE",
+    "IMAGE_SUFFIXES",
+    "NOTHING_DONE",
+    "SOME_FAILED",
+    "BatchReport",
+    "ImageResult",
+    "ModelSpec",
+    "find_images",
+    "output_names",
+    "run_batch",
+    "segment_image",
+    "worker_model",
+]

@@ -1,0 +1,162 @@
+"""One image of a batch: replay the recipe, write its exports, measure its objects.
+
+Runs in the batch's own process or on a Dask worker. Each process loads a model once
+(:func:`worker_model`) and keeps one embedding cache; a task never loads a model again.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from samlib.errors import SamlibError
+from samlib.image.io import read_image
+from samlib.models.embeddings import EmbeddingCache, default_cache_dir
+from samlib.models.loading import load_model
+from samlib.outputs.export import write_exports
+from samlib.outputs.measure import measure_records
+from samlib.outputs.provenance import provenance
+from samlib.recipe import Recipe, replay_everything
+from samlib.records.masks import labels_from_records
+
+__all__ = ["ImageResult", "ModelSpec", "segment_image", "worker_model"]
+
+#: Files every image of a batch gets, whatever ``--export`` adds.
+ALWAYS = ("labels_tiff", "csv", "params")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a worker loads the batch's model (once per process)."""
+
+    name: str
+    device: str | None = None
+    allow_pickle: bool = False
+
+
+@dataclass
+class ImageResult:
+    """What one image gave: status, counts, timing, the files written, the error if any."""
+
+    path: str
+    name: str
+    status: str  # "done" or "failed"
+    n_masks: int = 0
+    coverage: float = 0.0
+    median_area: float = float("nan")
+    seconds: float = 0.0
+    error: str = ""
+    files: list[str] = field(default_factory=list)
+    worker: int = 0
+
+    def row(self) -> dict[str, Any]:
+        """The image's row of the batch summary."""
+        return {
+            "image": self.name,
+            "path": self.path,
+            "status": self.status,
+            "n_masks": self.n_masks,
+            "coverage": self.coverage,
+            "median_area_px": self.median_area,
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+        }
+
+
+_LOCK = threading.Lock()
+_MODELS: dict[ModelSpec, Any] = {}
+_CACHES: dict[ModelSpec, EmbeddingCache] = {}
+LOADS = {"count": 0}  # models loaded by this process, for tests and the manifest
+
+
+def worker_model(spec: ModelSpec):
+    """The model of ``spec``, loaded once per process (as the app loads it)."""
+    with _LOCK:
+        if spec not in _MODELS:
+            _MODELS[spec] = load_model(
+                spec.name, spec.device, allow_pickle=spec.allow_pickle, fast_encoder=True
+            )
+            folder = None if os.environ.get("SAMLIB_NO_DISK_CACHE") else default_cache_dir()
+            _CACHES[spec] = EmbeddingCache(folder, max_items=2)
+            LOADS["count"] += 1
+        return _MODELS[spec], _CACHES[spec]
+
+
+def segment_image(
+    path: str,
+    name: str,
+    recipe: Recipe,
+    spec: ModelSpec,
+    out: str,
+    formats: tuple[str, ...],
+    threads: int,
+) -> ImageResult:
+    """Segment one image as ``recipe`` says and write its files into ``out/name``.
+
+    Never raises for a bad image: the error becomes the result's one-line ``error``.
+    """
+    t0 = time.perf_counter()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the same float sums wherever the image runs
+    try:
+        image = read_image(path)
+        model, cache = worker_model(spec)
+        rgb = recipe.image.render(image)
+        emb = cache.get(model, rgb, recipe.image.as_dict())
+        records = replay_everything(recipe, model, rgb, embedding=emb).kept
+        pixel_size = recipe.pixel_size_um or image.pixel_size_um
+        table = measure_records(records, image, plane=recipe.image.plane, pixel_size_um=pixel_size)
+        table.insert(0, "image", name)
+        prov = provenance(
+            image_name=Path(path).name,
+            image_sha256=image.hash,
+            n_masks=len(records),
+            source="samlib batch",
+        )
+        written = write_exports(
+            Path(out) / name,
+            records,
+            rgb.shape[:2],
+            intensities=image,
+            plane=recipe.image.plane,
+            pixel_size_um=pixel_size,
+            params=recipe.with_provenance(prov).to_dict(),
+            image_name=Path(path).name,
+            formats=tuple(dict.fromkeys((*ALWAYS, *formats))),
+            table=table,
+        )
+        labels = labels_from_records(records, shape=rgb.shape[:2])
+        areas = [int(r["area"]) for r in records]
+        return ImageResult(
+            path=path,
+            name=name,
+            status="done",
+            n_masks=len(records),
+            coverage=float((labels > 0).mean()),
+            median_area=float(np.median(areas)) if areas else float("nan"),
+            seconds=time.perf_counter() - t0,
+            files=[str(p) for p in written.values()],
+            worker=os.getpid(),
+        )
+    except (SamlibError, OSError, ValueError) as exc:
+        return _failed(path, name, t0, " ".join(str(exc).split()) or type(exc).__name__)
+    except Exception as exc:  # a bug, not a bad image: keep its place in the traceback
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        text = f"{type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})"
+        return _failed(path, name, t0, " ".join(text.split()))
+    finally:
+        torch.set_num_threads(before)
+
+
+def _failed(path: str, name: str, t0: float, error: str) -> ImageResult:
+    return ImageResult(
+        path, name, "failed", seconds=time.perf_counter() - t0, error=error, worker=os.getpid()
+    )
