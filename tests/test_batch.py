@@ -23,14 +23,17 @@ from samlib.batch import (
     run_batch,
 )
 from samlib.batch import task as batch_task
+from samlib.batch.tiled import segment_everything_tiled_on
 from samlib.cli.parser import main
 from samlib.datasets.synth import nuclei_image
 from samlib.errors import ParameterError, RecipeError
 from samlib.everything.params import GeneratorParams
+from samlib.image.display import to_rgb8
 from samlib.image.io import read_image
 from samlib.models.loading import load_model, suggested_params
 from samlib.recipe import EverythingSettings, LiveFilters, ModelRef, Recipe, replay
 from samlib.records.masks import labels_from_records
+from samlib.tiling.tiles import segment_everything_tiled
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
@@ -204,3 +207,31 @@ def test_batch_command_line(images, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["skipped"] == 3
     code = main([*argv[:4], "--out", str(tmp_path / "x"), "--model", "vit_q"])
     assert code == 2 and "give the recipe's model with --model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_huge_image_through_dask_tiles_equals_the_single_process_tiled_result():
+    img, _ = nuclei_image(3, 256)
+    big = np.tile(img, (3, 3))[:700, :650]  # several tiles of the demo model's input
+    rgb = to_rgb8(big)
+    params = dict(points_per_side=8, **suggested_params("small_cnn"))
+    model = load_model("small_cnn", "cpu", fast_encoder=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here = segment_everything_tiled(model, rgb, tile_size=200, halo=28, **params)
+    finally:
+        torch.set_num_threads(threads)
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    )
+    done = []
+    with cluster, Client(cluster) as client:
+        spread = segment_everything_tiled_on(
+            client, MODEL, rgb, tile_size=200, halo=28, progress=lambda d, t: done.append(t),
+            **params,
+        )
+    assert len(done) == 16 and len(here) > 10
+    assert len(spread) == len(here)
+    for a, b in zip(spread, here, strict=True):
+        assert a == b

@@ -3,6 +3,7 @@
 :func:`find_images` expands the inputs, :func:`run_batch` segments each image as the
 recipe says (:func:`segment_image`, one model per process) and writes the per-image files,
 the combined tables and the manifest; started again, it skips what is done.
+:func:`segment_everything_tiled_on` runs one huge image's tiles as Dask tasks.
 
 May import: every subpackage but app and cli, and samlib.recipe.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 from samlib.batch.inputs import IMAGE_SUFFIXES, find_images, output_names
 from samlib.batch.run import ALL_DONE, NOTHING_DONE, SOME_FAILED, BatchReport, run_batch
 from samlib.batch.task import ImageResult, ModelSpec, segment_image, worker_model
+from samlib.batch.tiled import segment_everything_tiled_on
 
 __all__ = [
     "ALL_DONE",
@@ -24,6 +26,7 @@ __all__ = [
     "find_images",
     "output_names",
     "run_batch",
+    "segment_everything_tiled_on",
     "segment_image",
     "worker_model",
 ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,16 @@ from samlib.everything.params import GeneratorParams
 from samlib.image.display import check_rgb8
 from samlib.tiling.stitch import Piece, Tile, piece_record, pieces_from_records, stitch_pieces
 
-__all__ = ["TILING_HELP", "Tile", "default_tiling", "segment_everything_tiled", "tile_layout"]
+__all__ = [
+    "TILING_HELP",
+    "Tile",
+    "default_tiling",
+    "segment_everything_tiled",
+    "stitch_tiles",
+    "tile_layout",
+    "tile_pieces",
+    "window_of",
+]
 
 TileProgress = Callable[[int, int], None]
 
@@ -163,16 +173,48 @@ def segment_everything_tiled(
     halo = d_halo if halo is None else halo
     size = rgb8.shape[:2]
     tiles = tile_layout(size, tile_size, halo)
-    pieces: list[Piece] = []
+    per_tile = []
     for t, tile in enumerate(tiles):
-        x0, y0, x1, y1 = tile.window
-        window = np.ascontiguousarray(rgb8[y0:y1, x0:x1])
-        records = segment_everything(
-            model, window, fast=fast, output_mode="uncompressed_rle", **params
-        )
-        pieces += pieces_from_records(tile, records, size, t, start=len(pieces))
-        del records
+        per_tile.append(tile_pieces(model, window_of(rgb8, tile), tile, t, size, fast, params))
         if progress is not None:
             progress(t + 1, len(tiles))
-    kept = stitch_pieces(pieces, tiles, float(tile_iou_thresh))
-    return [piece_record(p, size, output_mode) for p in kept]
+    return stitch_tiles(per_tile, tiles, size, float(tile_iou_thresh), output_mode)
+
+
+def window_of(rgb8: np.ndarray, tile: Tile) -> np.ndarray:
+    """The ``(h, w, 3)`` pixels of a tile's window, contiguous."""
+    x0, y0, x1, y1 = tile.window
+    return np.ascontiguousarray(rgb8[y0:y1, x0:x1])
+
+
+def tile_pieces(
+    model: Sam,
+    window: np.ndarray,
+    tile: Tile,
+    index: int,
+    image_size: tuple[int, int],
+    fast: bool,
+    params: dict[str, Any],
+) -> list[Piece]:
+    """Segment everything in one tile's window; its masks as pieces in image coordinates.
+
+    The unit of work of a tiled run: it needs the window's pixels only, so tiles can run in
+    any process (:func:`samlib.batch.tiled.segment_everything_tiled_on`).
+    """
+    records = segment_everything(model, window, fast=fast, output_mode="uncompressed_rle", **params)
+    return pieces_from_records(tile, records, image_size, index)
+
+
+def stitch_tiles(
+    per_tile: list[list[Piece]],
+    tiles: list[Tile],
+    image_size: tuple[int, int],
+    tile_iou_thresh: float,
+    output_mode: str,
+) -> list[dict[str, Any]]:
+    """Records of the whole image from each tile's pieces (in tile order), de-duplicated."""
+    pieces: list[Piece] = []
+    for found in per_tile:
+        pieces += [replace(p, order=len(pieces) + k) for k, p in enumerate(found)]
+    kept = stitch_pieces(pieces, tiles, tile_iou_thresh)
+    return [piece_record(p, image_size, output_mode) for p in kept]
