@@ -14,6 +14,7 @@ PAGES = [
     st.Page("pages/system_check.py", title="System check", icon=":material/health_and_safety:"),
     st.Page("pages/everything.py", title="Segment everything", icon=":material/grid_on:"),
     st.Page("pages/prompts.py", title="Prompts", icon=":material/touch_app:"),
+    st.Page("pages/batch.py", title="Batch", icon=":material/stacks:"),
     st.Page("pages/about.py", title="Examples & about", icon=":material/school:"),
 ]
 

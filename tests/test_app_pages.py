@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +21,18 @@ from streamlit.testing.v1 import AppTest
 
 import samlib.everything.candidates
 from samlib import models
+from samlib.app.batch_run import sample_file
+from samlib.app.everything_run import area_filter
 from samlib.app.session import prepare_image
 from samlib.cli.parser import main
 from samlib.errors import DownloadError, ParameterError
+from samlib.image.io import read_image
 from samlib.image.microscopy import as_image
 from samlib.models.arch import VIT_TINY, build_sam
-from samlib.models.loading import save_checkpoint
+from samlib.models.loading import load_model, save_checkpoint
 from samlib.outputs.export import EXPORTS
+from samlib.recipe import Recipe, replay
+from samlib.records.masks import labels_from_records
 from tests.conftest import make_disks
 from ui import state
 
@@ -527,3 +534,43 @@ def test_download_buttons_carry_the_export_names(app_env):
     app_downloads(at, "prompts")
     buttons = {b.proto.label: b for b in at.get("download_button")}
     assert set(buttons) == {e.file_name for e in EXPORTS.values()}
+
+
+def test_batch_page_runs_the_everything_settings_over_samples(app_env):
+    at = new_app()
+    at.switch_page("pages/batch.py").run()
+    no_errors(at)
+    assert any("suggested thresholds" in i.value for i in at.info)  # no run yet: defaults
+    at = run_everything_page(seeded(at))
+    loosen(at)
+    shown = metric(at, "After area filter")
+    page = at.session_state["_refilter_memo"]
+    page = area_filter(next(iter(page.values())), at.session_state["area_range"])
+    at.switch_page("pages/batch.py").run()
+    no_errors(at)
+    assert any("last run of **Segment everything**" in s.value for s in at.success)
+    at.multiselect(key="batch_samples").set_value(["DSB2018 nuclei", "Cell (scikit-image)"])
+    at.button(key="run_batch").click().run()
+    no_errors(at)
+    outcome = at.session_state["batch_outcome"]
+    assert outcome.counts == {"images": 3, "done": 3, "failed": 0}
+    assert [m.value for m in at.metric][:3] == ["3", "3", "0"]
+    with zipfile.ZipFile(io.BytesIO(outcome.zip_bytes)) as zf:
+        names = set(zf.namelist())
+        assert {"objects.parquet", "objects.csv", "summary.csv", "manifest.json"} <= names
+        params = json.loads(zf.read("dsb2018_nuclei/params.json"))
+        labels = tifffile.imread(io.BytesIO(zf.read("dsb2018_nuclei/labels.tif")))
+    # the zip's labels are the recipe's, as the library (and `samlib batch`) replay it
+    model = load_model(app_env, fast_encoder=True)
+    name, content = sample_file("DSB2018 nuclei")
+    rgb, records = replay(Recipe.from_dict(params), model, read_image(content, name=name))
+    assert labels.max() == len(records)
+    assert np.array_equal(labels, labels_from_records(records, shape=rgb.shape[:2]))
+    # the current image gets, in the batch, what the Segment everything page showed
+    with zipfile.ZipFile(io.BytesIO(outcome.zip_bytes)) as zf:
+        disks = tifffile.imread(io.BytesIO(zf.read("disks/labels.tif")))
+    assert disks.max() == shown > 1
+    assert np.array_equal(disks, labels_from_records(page.kept, shape=disks.shape))
+    at.selectbox(key="batch_open").set_value("dsb2018_nuclei")
+    at.button(key="batch_open_button").click().run()
+    assert at.session_state[state.IMAGE].name == "dsb2018_nuclei.tif"

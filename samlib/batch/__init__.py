@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from samlib.batch.inputs import IMAGE_SUFFIXES, find_images, output_names
 from samlib.batch.run import ALL_DONE, NOTHING_DONE, SOME_FAILED, BatchReport, run_batch
-from samlib.batch.task import ImageResult, ModelSpec, segment_image, worker_model
+from samlib.batch.task import ImageResult, ModelSpec, segment_image, use_model, worker_model
 from samlib.batch.tiled import segment_everything_tiled_on
 
 __all__ = [
@@ -28,5 +28,6 @@ __all__ = [
     "run_batch",
     "segment_everything_tiled_on",
     "segment_image",
+    "use_model",
     "worker_model",
 ]

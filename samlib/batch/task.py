@@ -27,7 +27,7 @@ from samlib.outputs.provenance import provenance
 from samlib.recipe import Recipe, replay_everything
 from samlib.records.masks import labels_from_records
 
-__all__ = ["ImageResult", "ModelSpec", "segment_image", "worker_model"]
+__all__ = ["ImageResult", "ModelSpec", "segment_image", "use_model", "worker_model"]
 
 #: Files every image of a batch gets, whatever ``--export`` adds.
 ALWAYS = ("labels_tiff", "csv", "params")
@@ -78,16 +78,30 @@ LOADS = {"count": 0}  # models loaded by this process, for tests and the manifes
 
 
 def worker_model(spec: ModelSpec):
-    """The model of ``spec``, loaded once per process (as the app loads it)."""
+    """The model of ``spec``, loaded once per process (as the app loads it), and its
+    embedding cache."""
     with _LOCK:
         if spec not in _MODELS:
-            _MODELS[spec] = load_model(
+            model = load_model(
                 spec.name, spec.device, allow_pickle=spec.allow_pickle, fast_encoder=True
             )
-            folder = None if os.environ.get("SAMLIB_NO_DISK_CACHE") else default_cache_dir()
-            _CACHES[spec] = EmbeddingCache(folder, max_items=2)
+            _keep(spec, model)
             LOADS["count"] += 1
         return _MODELS[spec], _CACHES[spec]
+
+
+def use_model(spec: ModelSpec, model) -> None:
+    """Let this process's batch tasks use an already loaded ``model`` for ``spec`` (the
+    app's shared model), instead of loading a second copy."""
+    with _LOCK:
+        if _MODELS.get(spec) is not model:
+            _keep(spec, model)
+
+
+def _keep(spec: ModelSpec, model) -> None:
+    _MODELS[spec] = model
+    folder = None if os.environ.get("SAMLIB_NO_DISK_CACHE") else default_cache_dir()
+    _CACHES[spec] = EmbeddingCache(folder, max_items=2)
 
 
 def segment_image(
