@@ -103,7 +103,9 @@ with right:
         )
         fig.update_layout(height=320, margin=dict(l=0, r=0, t=40, b=0))
         st.plotly_chart(fig, key="batch_areas")
-st.dataframe(outcome.summary.drop(columns=["path"]), hide_index=True, key="batch_summary")
+table = outcome.summary.drop(columns=["path"])
+table["error"] = table["error"].astype("string").fillna("")
+st.dataframe(table, hide_index=True, key="batch_summary")
 st.download_button(
     "Download all results (zip)",
     outcome.zip_bytes,

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from samlib import coords
 from samlib.app.session import prepare_image
 from samlib.cli.parser import main
 from samlib.datasets.samples import DATA_DIR, load_sample
+from samlib.datasets.synth import nuclei_image
 from samlib.models.arch import VIT_TINY, build_sam
 from samlib.models.embeddings import compute_embedding
 from samlib.models.loading import (
@@ -382,6 +384,34 @@ def test_workshop_in_the_browser(page, checkpoint, tmp_path):
     assert inter / max(1, (first | visible).sum()) > 0.95
     params = download(pg, "params.json", prepared=True)
     assert np.array_equal(replay(tmp_path / "prompts", "prompt", params, checkpoint), labels)
+
+    # -- Batch: three uploads, one zip with every file -------------------------------------
+    go(pg, "Batch", "Batch")
+    pg.get_by_role("checkbox", name=re.compile("The current image")).uncheck(force=True)
+    uploads = []
+    for i, suffix in enumerate(("tif", "tif", "png")):
+        img = nuclei_image(40 + i, 128)[0]
+        buf = io.BytesIO()
+        if suffix == "tif":
+            tifffile.imwrite(buf, img)
+        else:
+            Image.fromarray((img >> 8).astype(np.uint8)).save(buf, format="PNG")
+        name, mime = f"upload_{i}.{suffix}", "image/" + suffix
+        uploads.append({"name": name, "mimeType": mime, "buffer": buf.getvalue()})
+    pg.locator('input[type="file"]').first.set_input_files(files=uploads)
+    idle(pg)
+    pg.get_by_role("button", name="Run batch").click()
+    pg.get_by_text("Masks per image").wait_for(timeout=120_000)
+    idle(pg)
+    shot(pg, "batch", height=1500)
+    with pg.expect_download() as dl:
+        pg.get_by_role("button", name="Download all results (zip)").click()
+    with zipfile.ZipFile(io.BytesIO(Path(dl.value.path()).read_bytes())) as zf:
+        names = set(zf.namelist())
+        summary = zf.read("summary.csv").decode()
+    assert {f"upload_{i}/labels.tif" for i in range(3)} <= names
+    assert {"objects.parquet", "objects.csv", "manifest.json"} <= names
+    assert summary.count(",done,") == 3
 
     # -- Examples & about -----------------------------------------------------------------
     go(pg, "Examples & about", "Examples & about")
