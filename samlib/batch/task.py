@@ -21,10 +21,8 @@ from samlib.errors import SamlibError
 from samlib.image.io import read_image
 from samlib.models.embeddings import EmbeddingCache, default_cache_dir
 from samlib.models.loading import load_model
-from samlib.outputs.export import write_exports
 from samlib.outputs.measure import measure_records
-from samlib.outputs.provenance import provenance
-from samlib.recipe import Recipe, replay_everything
+from samlib.recipe import Recipe, pixel_size_of, replay_everything, write_result
 from samlib.records.masks import labels_from_records
 
 __all__ = ["ImageResult", "ModelSpec", "segment_image", "use_model", "worker_model"]
@@ -126,24 +124,17 @@ def segment_image(
         rgb = recipe.image.render(image)
         emb = cache.get(model, rgb, recipe.image.as_dict())
         records = replay_everything(recipe, model, rgb, embedding=emb).kept
-        pixel_size = recipe.pixel_size_um or image.pixel_size_um
+        pixel_size = pixel_size_of(recipe, image)
         table = measure_records(records, image, plane=recipe.image.plane, pixel_size_um=pixel_size)
         table.insert(0, "image", name)
-        prov = provenance(
-            image_name=Path(path).name,
-            image_sha256=image.hash,
-            n_masks=len(records),
-            source="samlib batch",
-        )
-        written = write_exports(
+        written = write_result(
             Path(out) / name,
+            recipe,
+            image,
+            rgb,
             records,
-            rgb.shape[:2],
-            intensities=image,
-            plane=recipe.image.plane,
-            pixel_size_um=pixel_size,
-            params=recipe.with_provenance(prov).to_dict(),
             image_name=Path(path).name,
+            source="samlib batch",
             formats=tuple(dict.fromkeys((*ALWAYS, *formats))),
             table=table,
         )

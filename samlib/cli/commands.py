@@ -107,11 +107,6 @@ def _check_model(args: argparse.Namespace, recipe, model) -> None:
         print(f"samlib: warning: {text} (--ignore-model-hash hides this)", file=sys.stderr)
 
 
-def _image_sha(image) -> str | None:
-    value = getattr(image, "hash", None)
-    return value() if callable(value) else value
-
-
 def _embedding(args: argparse.Namespace, model, rgb, settings: dict[str, Any]):
     """The image embedding, from the disk cache unless ``--no-cache`` (encoded on a miss)."""
     from samlib.models.embeddings import EmbeddingCache, compute_embedding, default_cache_dir
@@ -140,27 +135,16 @@ def _write(
     args: argparse.Namespace, recipe, image, rgb, records, formats: list[str]
 ) -> dict[str, Path]:
     """Write the exports of ``--export`` with the recipe and its provenance as params.json."""
-    from samlib.outputs.export import write_exports
-    from samlib.outputs.provenance import provenance
+    from samlib.recipe import write_result
 
-    prov = provenance(
-        image_name=Path(args.image).name,
-        image_sha256=_image_sha(image),
-        n_masks=len(records),
-        source="samlib " + " ".join(sys.argv[1:]),
-    )
-    pixel_size = recipe.pixel_size_um
-    if pixel_size is None:
-        pixel_size = getattr(image, "pixel_size_um", None)
-    return write_exports(
+    return write_result(
         args.out,
+        recipe,
+        image,
+        rgb,
         records,
-        rgb.shape[:2],
-        intensities=image,
-        plane=recipe.image.plane,
-        pixel_size_um=pixel_size,
-        params=recipe.with_provenance(prov).to_dict(),
         image_name=Path(args.image).name,
+        source="samlib " + " ".join(sys.argv[1:]),
         formats=formats,
     )
 

@@ -36,7 +36,14 @@ May import: every subpackage but app and cli.
 
 from __future__ import annotations
 
-from samlib.recipe.replay import check_model, replay, replay_everything, replay_prompts
+from samlib.recipe.replay import (
+    check_model,
+    pixel_size_of,
+    replay,
+    replay_everything,
+    replay_prompts,
+    write_result,
+)
 from samlib.recipe.settings import (
     KINDS,
     RECIPE_VERSION,
@@ -57,8 +64,10 @@ __all__ = [
     "ObjectPrompts",
     "Recipe",
     "check_model",
+    "pixel_size_of",
     "read_recipe",
     "replay",
     "replay_everything",
     "replay_prompts",
+    "write_result",
 ]

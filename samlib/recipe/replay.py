@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from samlib.errors import ModelMismatchWarning, RecipeError
 from samlib.everything.generate import generate_candidates
 from samlib.everything.refilter import refilter_live
 from samlib.image.microscopy import MicroscopyImage
 from samlib.models.embeddings import Embedding, compute_embedding
+from samlib.outputs.export import write_exports
+from samlib.outputs.provenance import provenance
 from samlib.prompts.objects import PromptedObject, predict_candidates, records_of
 from samlib.recipe.settings import Recipe
 from samlib.records.filters import FilterResult, filter_records
 
-__all__ = ["check_model", "replay", "replay_everything", "replay_prompts"]
+__all__ = [
+    "check_model",
+    "pixel_size_of",
+    "replay",
+    "replay_everything",
+    "replay_prompts",
+    "write_result",
+]
 
 
 def check_model(recipe: Recipe, model) -> str | None:
@@ -98,3 +111,42 @@ def replay(
         return rgb8, result.kept
     emb = embedding if embedding is not None else compute_embedding(model, rgb8)
     return rgb8, records_of(replay_prompts(recipe, model, emb))
+
+
+def pixel_size_of(recipe: Recipe, image: MicroscopyImage) -> float | None:
+    """The recipe's pixel size (µm), else the one the image file records."""
+    return recipe.pixel_size_um if recipe.pixel_size_um is not None else image.pixel_size_um
+
+
+def write_result(
+    folder: str | os.PathLike[str],
+    recipe: Recipe,
+    image: MicroscopyImage,
+    rgb8: np.ndarray,
+    records: list[dict[str, Any]],
+    *,
+    image_name: str,
+    source: str,
+    formats: Sequence[str],
+    table: pd.DataFrame | None = None,
+) -> dict[str, Path]:
+    """Write a replayed result's exports, with the recipe and its provenance as params.json.
+
+    ``source`` says which surface ran it (the command line, a batch); ``table`` is the
+    records' measurement table when already made.
+    """
+    prov = provenance(
+        image_name=image_name, image_sha256=image.hash, n_masks=len(records), source=source
+    )
+    return write_exports(
+        folder,
+        records,
+        rgb8.shape[:2],
+        intensities=image,
+        plane=recipe.image.plane,
+        pixel_size_um=pixel_size_of(recipe, image),
+        params=recipe.with_provenance(prov).to_dict(),
+        image_name=image_name,
+        formats=formats,
+        table=table,
+    )
