@@ -55,6 +55,7 @@ def _recipe() -> Recipe:
 @pytest.fixture
 def images(tmp_path, monkeypatch):
     monkeypatch.setenv("SAMLIB_NO_DISK_CACHE", "1")
+    monkeypatch.setenv("SAMLIB_CACHE_DIR", str(tmp_path / "cache"))
     folder = tmp_path / "plate"
     folder.mkdir()
     for i in range(8):
@@ -207,6 +208,8 @@ def test_batch_command_line(images, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["skipped"] == 3
     code = main([*argv[:4], "--out", str(tmp_path / "x"), "--model", "vit_q"])
     assert code == 2 and "give the recipe's model with --model" in capsys.readouterr().err
+    code = main([*argv[:4], "--out", str(tmp_path / "x"), "--model", "vit_h"])  # not cached
+    assert code == 2 and "run `samlib download vit_h`" in capsys.readouterr().err
 
 
 @pytest.mark.slow

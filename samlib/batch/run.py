@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -134,8 +135,9 @@ def _run_on_dask(todo, names, args, finished, workers, threads, scheduler, clien
             )
         client = own = Client(scheduler or cluster)
     try:
+        run = uuid.uuid4().hex[:8]  # keys of this run alone, on a long-lived scheduler too
         futures = [
-            client.submit(segment_image, str(p), names[p], *args, key=f"samlib-{i}-{names[p]}")
+            client.submit(segment_image, str(p), names[p], *args, key=f"samlib-{run}-{i}")
             for i, p in enumerate(todo)
         ]
         for future in as_completed(futures):

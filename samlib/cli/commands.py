@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from samlib.cli.progress import ProgressBar
-from samlib.errors import ParameterError, PromptError, RecipeError, UnknownModelError
+from samlib.errors import (
+    ModelNotDownloadedError,
+    ParameterError,
+    PromptError,
+    RecipeError,
+    UnknownModelError,
+)
 
 __all__ = ["cmd_check", "cmd_download", "cmd_everything", "cmd_evaluate", "cmd_prompt"]
 
@@ -328,7 +334,7 @@ def cmd_everything(args: argparse.Namespace) -> int:
 def cmd_batch(args: argparse.Namespace) -> int:
     from samlib.batch import ModelSpec, find_images, run_batch
     from samlib.models.checkpoints import file_sha256
-    from samlib.models.loading import REGISTRY, verify_cached
+    from samlib.models.loading import REGISTRY, checkpoint_path, verify_cached
     from samlib.recipe import read_recipe
 
     formats = [] if args.export is None else _formats(args.export)
@@ -337,6 +343,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
     name = args.model or recipe.model.name
     if name not in REGISTRY and not Path(name).is_file():
         raise UnknownModelError(f"model {name!r} is not here; give the recipe's model with --model")
+    if name in REGISTRY and not checkpoint_path(name).is_file():
+        raise ModelNotDownloadedError(
+            f"model {name!r} is not downloaded; run `samlib download {name}`"
+        )
     sha = verify_cached(name) if name in REGISTRY else file_sha256(name)
     if recipe.model.sha256 and sha != recipe.model.sha256 and not args.ignore_model_hash:
         print(
