@@ -1,7 +1,7 @@
 """The ``samlib`` command line (also ``python -m samlib``).
 
 One parser (:mod:`samlib.cli.parser`), one error prefix (``samlib: error:``), the
-subcommands (:mod:`samlib.cli.commands`).
+subcommands (:mod:`samlib.cli.commands`, and ``batch`` in :mod:`samlib.cli.batch`).
 
 May import: every subpackage, and samlib.recipe.
 """

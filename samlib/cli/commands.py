@@ -1,6 +1,6 @@
 """The subcommands of ``samlib`` (argument parsing is in :mod:`samlib.cli.parser`).
 
-``segment`` and ``prompt`` describe what they do as a recipe (:mod:`samlib.recipe`), or
+``everything`` and ``prompt`` describe what they do as a recipe (:mod:`samlib.recipe`), or
 replay one given with ``--recipe``, and write the export files the app offers under the
 same names (:data:`samlib.outputs.export.EXPORTS`).
 
@@ -21,14 +21,20 @@ from typing import Any
 
 from samlib.cli.progress import ProgressBar
 from samlib.errors import (
-    ModelNotDownloadedError,
     ParameterError,
     PromptError,
     RecipeError,
     UnknownModelError,
 )
 
-__all__ = ["cmd_check", "cmd_download", "cmd_everything", "cmd_evaluate", "cmd_prompt"]
+__all__ = [
+    "cmd_check",
+    "cmd_download",
+    "cmd_everything",
+    "cmd_evaluate",
+    "cmd_prompt",
+    "export_formats",
+]
 
 
 def _display(args: argparse.Namespace, image):
@@ -126,7 +132,7 @@ def _embedding(args: argparse.Namespace, model, rgb, settings: dict[str, Any]):
 DEFAULT_EXPORTS = ("labels_tiff", "csv", "coco", "params")
 
 
-def _formats(text: str | None) -> list[str]:
+def export_formats(text: str | None) -> list[str]:
     """The format names of ``--export``, checked."""
     from samlib.outputs.export import EXPORTS, check_formats
 
@@ -218,7 +224,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     from samlib.prompts.objects import PromptSet, predict_candidates, records_of
     from samlib.recipe import ModelRef, ObjectPrompts, Recipe, replay_prompts
 
-    formats = _formats(args.export)
+    formats = export_formats(args.export)
     recipe = _read_recipe(args, "prompts") if args.recipe else None
     if recipe is None and not args.point and not args.box:
         raise PromptError("give at least one --point X,Y[,LABEL] or --box X0,Y0,X1,Y1")
@@ -305,7 +311,7 @@ def cmd_everything(args: argparse.Namespace) -> int:
     from samlib.image.io import read_image
     from samlib.recipe import replay_everything
 
-    formats = _formats(args.export)
+    formats = export_formats(args.export)
     recipe = _read_recipe(args, "everything") if args.recipe else None
     if recipe is None:
         GeneratorParams.from_kwargs(**dict(args.set))  # bad parameters fail before slow steps
@@ -329,60 +335,6 @@ def cmd_everything(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary))
     return 0
-
-
-def cmd_batch(args: argparse.Namespace) -> int:
-    from samlib.batch import ModelSpec, find_images, run_batch
-    from samlib.models.checkpoints import file_sha256
-    from samlib.models.loading import REGISTRY, checkpoint_path, verify_cached
-    from samlib.recipe import read_recipe
-
-    formats = [] if args.export is None else _formats(args.export)
-    recipe = read_recipe(args.recipe)
-    paths = find_images(args.inputs, pattern=args.pattern, recursive=args.recursive)
-    name = args.model or recipe.model.name
-    if name not in REGISTRY and not Path(name).is_file():
-        raise UnknownModelError(f"model {name!r} is not here; give the recipe's model with --model")
-    if name in REGISTRY and not checkpoint_path(name).is_file():
-        raise ModelNotDownloadedError(
-            f"model {name!r} is not downloaded; run `samlib download {name}`"
-        )
-    sha = verify_cached(name) if name in REGISTRY else file_sha256(name)
-    if recipe.model.sha256 and sha != recipe.model.sha256 and not args.ignore_model_hash:
-        print(
-            f"samlib: warning: the model's weights (SHA-256 {sha[:12]}...) are not those the "
-            f"recipe was made with ({recipe.model.sha256[:12]}...); results can differ "
-            "(--ignore-model-hash hides this)",
-            file=sys.stderr,
-        )
-
-    def progress(done: int, total: int, result) -> None:
-        if not args.quiet:
-            tail = f"{result.n_masks} masks" if result.status == "done" else result.error
-            print(f"[{done}/{total}] {result.name}: {result.status}, {tail}", file=sys.stderr)
-
-    report = run_batch(
-        paths,
-        recipe,
-        args.out,
-        model=ModelSpec(name, args.device, args.allow_pickle),
-        formats=formats,
-        resume=not args.no_resume,
-        workers=args.workers,
-        threads_per_worker=args.threads_per_worker,
-        scheduler=args.scheduler,
-        progress=progress,
-    )
-    summary = {
-        "images": len(report.results),
-        "done": len(report.results) - report.n_failed,
-        "failed": report.n_failed,
-        "skipped": report.skipped,
-        "dashboard": report.dashboard,
-        "out": str(args.out),
-    }
-    print(json.dumps(summary))
-    return report.exit_status
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

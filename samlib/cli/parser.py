@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from samlib.cli import commands as cli_commands
+from samlib.cli.batch import cmd_batch
 from samlib.errors import SamlibError
 
 __all__ = ["main", "build_parser"]
@@ -269,7 +270,7 @@ COMMANDS = {
     "download": cli_commands.cmd_download,
     "prompt": cli_commands.cmd_prompt,
     "everything": cli_commands.cmd_everything,
-    "batch": cli_commands.cmd_batch,
+    "batch": cmd_batch,
     "evaluate": cli_commands.cmd_evaluate,
 }
 
