@@ -41,7 +41,7 @@ def main() -> None:
         kind="everything",
         model=ModelRef("small_cnn"),
         everything=EverythingSettings(gen),
-        filters=LiveFilters(**{k: getattr(gen, k) for k in LiveFilters().thresholds()}),
+        filters=LiveFilters.from_generator(gen),
     )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"

@@ -43,12 +43,11 @@ MODEL = ModelSpec("small_cnn", "cpu")
 
 def _recipe() -> Recipe:
     gen = GeneratorParams(points_per_side=8, **suggested_params("small_cnn"))
-    thresholds = {k: getattr(gen, k) for k in LiveFilters().thresholds()}
     return Recipe(
         kind="everything",
         model=ModelRef("small_cnn"),
         everything=EverythingSettings(gen, iou_floor=0.5, stability_floor=0.5),
-        filters=LiveFilters(**thresholds, min_area=20),
+        filters=LiveFilters.from_generator(gen, min_area=20),
     )
 
 

@@ -52,13 +52,12 @@ def default_recipe(model, image: DisplaySettings | None = None) -> Recipe:
     """A segment-everything recipe from the generator's defaults and the model's
     suggested values, for when the Segment everything page has not run yet."""
     gen = GeneratorParams(**suggested_params(model))
-    info = getattr(model, "samlib_info", None)
     return Recipe(
         kind="everything",
-        model=ModelRef(getattr(info, "name", "model"), getattr(info, "sha256", None)),
+        model=ModelRef.of(model),
         image=image or DisplaySettings(),
         everything=EverythingSettings(gen),
-        filters=LiveFilters(**{k: getattr(gen, k) for k in LiveFilters().thresholds()}),
+        filters=LiveFilters.from_generator(gen),
     )
 
 

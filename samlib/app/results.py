@@ -39,11 +39,6 @@ def record_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _model_ref(model) -> ModelRef:
-    info = getattr(model, "samlib_info", None)
-    return ModelRef(getattr(info, "name", "model"), getattr(info, "sha256", None))
-
-
 def everything_recipe(
     work: WorkImage,
     model,
@@ -61,16 +56,16 @@ def everything_recipe(
         stability_floor=run.candidates.stability_floor,
     )
     # thresholds the page does not show stay those the run decoded with, as in refilter
-    decoded = {name: getattr(run.params, name) for name in LiveFilters().thresholds()}
-    filters = LiveFilters(
-        **{**decoded, **thresholds},
+    filters = LiveFilters.from_generator(
+        run.params,
+        **thresholds,
         drop_whole_image=drop_whole_image,
         min_area=area_range[0],
         max_area=area_range[1],
     )
     return Recipe(
         kind="everything",
-        model=_model_ref(model),
+        model=ModelRef.of(model),
         image=work.settings,
         pixel_size_um=work.pixel_size_um,
         everything=everything,
@@ -82,7 +77,7 @@ def prompts_recipe(work: WorkImage, model, objects: Sequence[PromptedObject]) ->
     """The recipe of the Prompts page's accepted objects."""
     return Recipe(
         kind="prompts",
-        model=_model_ref(model),
+        model=ModelRef.of(model),
         image=work.settings,
         pixel_size_um=work.pixel_size_um,
         objects=tuple(ObjectPrompts.of(o) for o in objects),

@@ -245,10 +245,9 @@ def cmd_prompt(args: argparse.Namespace) -> int:
             model, emb, prompts, multimask=not args.single, clip_to_box=not args.no_clip_to_box
         )
         objects = found.objects()
-        info = model.samlib_info
         recipe = Recipe(
             kind="prompts",
-            model=ModelRef(info.name, info.sha256),
+            model=ModelRef.of(model),
             image=display,
             pixel_size_um=getattr(image, "pixel_size_um", None),
             objects=tuple(ObjectPrompts.of(o) for o in objects),
@@ -280,14 +279,8 @@ def _everything_recipe(args: argparse.Namespace, image, model):
     if args.pixel_size is not None:  # the limits are µm²
         lo = None if lo is None else um2_to_px(lo, args.pixel_size)
         hi = None if hi is None else um2_to_px(hi, args.pixel_size)
-    filters = LiveFilters(
-        pred_iou_thresh=gen.pred_iou_thresh,
-        stability_score_thresh=gen.stability_score_thresh,
-        box_nms_thresh=gen.box_nms_thresh,
-        crop_nms_thresh=gen.crop_nms_thresh,
-        drop_whole_image=not args.keep_whole_image,
-        min_area=lo,
-        max_area=hi,
+    filters = LiveFilters.from_generator(
+        gen, drop_whole_image=not args.keep_whole_image, min_area=lo, max_area=hi
     )
     everything = EverythingSettings(
         gen,
@@ -295,10 +288,9 @@ def _everything_recipe(args: argparse.Namespace, image, model):
         iou_floor=gen.pred_iou_thresh,
         stability_floor=gen.stability_score_thresh,
     )
-    info = model.samlib_info
     return Recipe(
         kind="everything",
-        model=ModelRef(info.name, info.sha256),
+        model=ModelRef.of(model),
         image=_display(args, image),
         pixel_size_um=pixel_size,
         everything=everything,

@@ -52,6 +52,12 @@ class ModelRef:
     name: str
     sha256: str | None = None
 
+    @classmethod
+    def of(cls, model) -> ModelRef:
+        """The reference of a model loaded by :func:`samlib.models.loading.load_model`."""
+        info = getattr(model, "samlib_info", None)
+        return cls(getattr(info, "name", "model"), getattr(info, "sha256", None))
+
 
 @dataclass(frozen=True)
 class LiveFilters:
@@ -84,6 +90,13 @@ class LiveFilters:
                     f"recipe filters.min_area {self.min_area} is larger than max_area "
                     f"{self.max_area}"
                 )
+
+    @classmethod
+    def from_generator(cls, params: GeneratorParams, **changes: Any) -> LiveFilters:
+        """Filters at the thresholds ``params`` decoded with (those
+        :func:`samlib.everything.refilter.refilter_live` falls back to), ``changes`` on top."""
+        names = [f.name for f in fields(cls) if hasattr(params, f.name)]
+        return cls(**{**{n: getattr(params, n) for n in names}, **changes})
 
     def thresholds(self) -> dict[str, float]:
         """The thresholds and NMS values, as :func:`refilter_live` takes them."""
