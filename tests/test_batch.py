@@ -209,6 +209,11 @@ def test_batch_command_line(images, tmp_path, capsys):
     assert code == 2 and "give the recipe's model with --model" in capsys.readouterr().err
     code = main([*argv[:4], "--out", str(tmp_path / "x"), "--model", "vit_h"])  # not cached
     assert code == 2 and "run `samlib download vit_h`" in capsys.readouterr().err
+    other = json.loads(recipe.read_text())
+    other["model"]["sha256"] = "0" * 64
+    recipe.write_text(json.dumps(other))
+    assert main([*argv[:4], "--out", str(tmp_path / "w"), "--workers", "0", "--quiet"]) == 0
+    assert capsys.readouterr().err.startswith("samlib: warning: the model's weights")
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from samlib.cli.commands import export_formats
+from samlib.cli.commands import export_formats, warn_model_mismatch
 from samlib.errors import ModelNotDownloadedError, UnknownModelError
 
 __all__ = ["cmd_batch"]
@@ -34,13 +34,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             f"model {name!r} is not downloaded; run `samlib download {name}`"
         )
     sha = verify_cached(name) if name in REGISTRY else file_sha256(name)
-    if recipe.model.sha256 and sha != recipe.model.sha256 and not args.ignore_model_hash:
-        print(
-            f"samlib: warning: the model's weights (SHA-256 {sha[:12]}...) are not those the "
-            f"recipe was made with ({recipe.model.sha256[:12]}...); results can differ "
-            "(--ignore-model-hash hides this)",
-            file=sys.stderr,
-        )
+    warn_model_mismatch(args, recipe, sha)
 
     def progress(done: int, total: int, result) -> None:
         if not args.quiet:

@@ -34,6 +34,7 @@ __all__ = [
     "cmd_evaluate",
     "cmd_prompt",
     "export_formats",
+    "warn_model_mismatch",
 ]
 
 
@@ -104,11 +105,13 @@ def _load_model(args: argparse.Namespace, recipe=None):
             raise
         raise UnknownModelError(f"{exc}; give the recipe's model with --model") from None
     if recipe is not None:
-        _check_model(args, recipe, model)
+        warn_model_mismatch(args, recipe, model)
     return model
 
 
-def _check_model(args: argparse.Namespace, recipe, model) -> None:
+def warn_model_mismatch(args: argparse.Namespace, recipe, model) -> None:
+    """Say on stderr when ``model`` (loaded, or a SHA-256) is not the recipe's, unless
+    ``--ignore-model-hash``."""
     from samlib.errors import ModelMismatchWarning
     from samlib.recipe import check_model
 

@@ -33,9 +33,12 @@ __all__ = [
 
 
 def check_model(recipe: Recipe, model) -> str | None:
-    """Warn (:class:`~samlib.errors.ModelMismatchWarning`) when ``model`` is not the
-    recipe's: its weights have another SHA-256. Returns the warning text, or None."""
-    loaded = getattr(getattr(model, "samlib_info", None), "sha256", None)
+    """Warn (:class:`~samlib.errors.ModelMismatchWarning`) when ``model`` (a loaded model,
+    or its weights' SHA-256) is not the recipe's. Returns the warning text, or None."""
+    if isinstance(model, str):
+        loaded = model
+    else:
+        loaded = getattr(getattr(model, "samlib_info", None), "sha256", None)
     want = recipe.model.sha256
     if not want or not loaded or loaded == want:
         return None
