@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from samlib import coords
+from samlib.records.masks import bbox_slices
 
 #: The keys of a mask record, in segment_anything's order.
 RECORD_KEYS = (
@@ -32,11 +33,11 @@ def mask_box(mask: np.ndarray) -> list[int]:
     segment_anything's ``batched_mask_to_box`` rule: the column and row indices of the
     extreme pixels, ``[0, 0, 0, 0]`` for an empty mask.
     """
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
+    box = bbox_slices(mask)
+    if box is None:
         return [0, 0, 0, 0]
-    cols = np.flatnonzero(mask.any(axis=0))
-    return [int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])]
+    rows, cols = box
+    return [int(cols.start), int(rows.start), int(cols.stop) - 1, int(rows.stop) - 1]
 
 
 def mask_record(

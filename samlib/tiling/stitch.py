@@ -34,7 +34,7 @@ from samlib.errors import ParameterError
 from samlib.everything.params import OUTPUT_MODES
 from samlib.records import rle as rlelib
 from samlib.records.build import mask_record
-from samlib.records.masks import record_mask
+from samlib.records.masks import bbox_slices, record_mask
 
 # A box this close (pixels) to a window side that is not an image side counts as cut.
 EDGE_TOL = 2
@@ -85,13 +85,10 @@ class Piece:
     cut: bool = False
 
 
-def _tight_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """(row0, col0, row1, col1) inclusive bounds of the set pixels, or None when empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
+def _corners(box: tuple[slice, slice]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((row0, col0), (row1, col1))``, ends included, of :func:`bbox_slices`' slices."""
+    rows, cols = box
+    return (int(rows.start), int(cols.start)), (int(rows.stop) - 1, int(cols.stop) - 1)
 
 
 def pieces_from_records(
@@ -130,13 +127,13 @@ def pieces_from_records(
             raise ParameterError(
                 f"record {k} of tile {tile_index} has a {full.shape} mask, window is {tile.shape}"
             )
-        tight = _tight_box(full)
+        box = bbox_slices(full)
         cut = False
-        if tight is None:
+        if box is None:
             mask, r0, c0 = np.zeros((0, 0), bool), 0, 0
         else:
-            r0, c0, r1, c1 = tight
-            mask = full[r0 : r1 + 1, c0 : c1 + 1].copy()
+            (r0, c0), (r1, c1) = _corners(box)
+            mask = full[box].copy()
             touches = (
                 c0 <= EDGE_TOL,
                 r0 <= EDGE_TOL,
@@ -294,8 +291,9 @@ def _union(group: Sequence[Piece]) -> Piece:
     mask = np.zeros((hull[3] - hull[1], hull[2] - hull[0]), bool)
     for p in group:
         mask |= _view(p, hull)
-    r0, c0, r1, c1 = _tight_box(mask)  # non-empty: cut pieces have pixels
-    mask = mask[r0 : r1 + 1, c0 : c1 + 1]
+    box = bbox_slices(mask)  # not None: cut pieces have pixels
+    (r0, c0), (r1, c1) = _corners(box)
+    mask = mask[box]
     best = max(group, key=lambda p: (p.area, p.predicted_iou))
     crops = [coords.xywh_to_xyxy(p.crop_box) for p in group]
     crop = [min(c[0] for c in crops), min(c[1] for c in crops)]
