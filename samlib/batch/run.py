@@ -110,12 +110,10 @@ def run_batch(
             progress(len(results), len(paths), result)
 
     dashboard = None
-    if not todo:
-        pass
-    elif workers == 0 and scheduler is None and client is None:
+    if workers == 0 and scheduler is None and client is None:
         for p in todo:
             finished(segment_image(str(p), names[p], *args))
-    else:
+    elif todo:
         dashboard = _run_on_dask(
             todo, names, args, finished, workers, threads_per_worker, scheduler, client
         )

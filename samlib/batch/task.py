@@ -10,6 +10,8 @@ import os
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,14 @@ from samlib.outputs.measure import measure_records
 from samlib.recipe import Recipe, pixel_size_of, replay_everything, write_result
 from samlib.records.masks import labels_from_records
 
-__all__ = ["ImageResult", "ModelSpec", "segment_image", "use_model", "worker_model"]
+__all__ = [
+    "ImageResult",
+    "ModelSpec",
+    "segment_image",
+    "torch_threads",
+    "use_model",
+    "worker_model",
+]
 
 #: Files every image of a batch gets, whatever ``--export`` adds.
 ALWAYS = ("labels_tiff", "csv", "params")
@@ -72,7 +81,18 @@ class ImageResult:
 _LOCK = threading.Lock()
 _MODELS: dict[ModelSpec, Any] = {}
 _CACHES: dict[ModelSpec, EmbeddingCache] = {}
-LOADS = {"count": 0}  # models loaded by this process, for tests and the manifest
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (then the count before): the same number of
+    threads gives the same float sums, wherever an image runs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def worker_model(spec: ModelSpec):
@@ -84,7 +104,6 @@ def worker_model(spec: ModelSpec):
                 spec.name, spec.device, allow_pickle=spec.allow_pickle, fast_encoder=True
             )
             _keep(spec, model)
-            LOADS["count"] += 1
         return _MODELS[spec], _CACHES[spec]
 
 
@@ -116,8 +135,11 @@ def segment_image(
     Never raises for a bad image: the error becomes the result's one-line ``error``.
     """
     t0 = time.perf_counter()
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)  # the same float sums wherever the image runs
+    with torch_threads(threads):
+        return _segment(path, name, recipe, spec, out, formats, t0)
+
+
+def _segment(path, name, recipe, spec, out, formats, t0) -> ImageResult:
     try:
         image = read_image(path)
         model, cache = worker_model(spec)
@@ -157,8 +179,6 @@ def segment_image(
         where = traceback.extract_tb(exc.__traceback__)[-1]
         text = f"{type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})"
         return _failed(path, name, t0, " ".join(text.split()))
-    finally:
-        torch.set_num_threads(before)
 
 
 def _failed(path: str, name: str, t0: float, error: str) -> ImageResult:

@@ -12,9 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
-from samlib.batch.task import ModelSpec, worker_model
+from samlib.batch.task import ModelSpec, torch_threads, worker_model
 from samlib.everything.params import GeneratorParams
 from samlib.image.display import check_rgb8
 from samlib.tiling.stitch import Piece, Tile
@@ -37,12 +36,8 @@ def _tile_task(
     params: dict[str, Any],
     threads: int,
 ) -> list[Piece]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return tile_pieces(worker_model(spec)[0], window, tile, index, size, fast, params)
-    finally:
-        torch.set_num_threads(before)
 
 
 def segment_everything_tiled_on(
