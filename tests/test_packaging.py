@@ -23,15 +23,20 @@ from packaging.utils import canonicalize_name
 import samlib
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = sorted(
-    p.parent.relative_to(ROOT).as_posix() for p in ROOT.glob("samlib/**/__init__.py")
-)
+PACKAGES = sorted(p.parent.relative_to(ROOT).as_posix() for p in ROOT.glob("samlib/**/__init__.py"))
 DATA_FILES = sorted(
     p.relative_to(ROOT).as_posix() for p in (ROOT / "samlib" / "data").rglob("*") if p.is_file()
 )
 # What a copy of the checkout leaves out: VCS data, environments, build, cache and test output.
 NOT_SOURCE = shutil.ignore_patterns(
-    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".cache",
+    ".git",
+    ".venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".*_cache",
+    ".cache",
     "test-artifacts",
 )
 

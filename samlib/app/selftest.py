@@ -70,7 +70,6 @@ def environment_report() -> dict[str, Any]:
         ``ram_gb`` (total) or None, ``cpu_threads``.
     """
 
-
     device = pick_device()
     gpu_name, gpu_mem = None, None
     if device.type == "cuda":
@@ -140,8 +139,6 @@ def self_test(progress: Callable[[int, int, str], None] | None = None) -> list[S
     A failing stage is reported (``ok=False`` with the error) and the later stages that
     depend on it are skipped.
     """
-
-
 
     state: dict[str, Any] = {"rgb": _disks_image()}
 

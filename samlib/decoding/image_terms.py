@@ -116,5 +116,3 @@ def image_terms(model: Sam, features: torch.Tensor) -> ImageTerms:
         while len(_TERMS) > _MAX_TERMS:
             _TERMS.popitem(last=False)
     return terms
-
-

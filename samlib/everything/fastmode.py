@@ -88,9 +88,7 @@ def fast_candidates(
                 m_iou = ious[j]
                 keep = m_iou > floor if floor is not None else torch.ones(3, dtype=bool)
                 idx = torch.nonzero(keep).flatten()
-                rows += _accept(
-                    model, low[k, idx], idx, m_iou, crop, params, (h, w), int(ids[j])
-                )
+                rows += _accept(model, low[k, idx], idx, m_iou, crop, params, (h, w), int(ids[j]))
             if progress is not None:
                 progress(done, total)
     if progress is not None:

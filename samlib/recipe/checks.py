@@ -29,9 +29,7 @@ def mapping(name: str, value: Any) -> Mapping[str, Any]:
 def known_keys(name: str, d: Mapping[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(d) - allowed)
     if unknown:
-        raise RecipeError(
-            f"recipe {name} has unknown key(s) {unknown}; known: {sorted(allowed)}"
-        )
+        raise RecipeError(f"recipe {name} has unknown key(s) {unknown}; known: {sorted(allowed)}")
 
 
 def number_value(name: str, value: Any) -> float:

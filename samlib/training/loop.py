@@ -303,7 +303,6 @@ def _read_pairs(images: Sequence[str], labels: Sequence[str]) -> list[Pair]:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m samlib train``: fine-tune a model on annotated images (see ``--help``)."""
 
-
     ap = argparse.ArgumentParser(
         prog="python -m samlib train",
         description="Fine-tune a SAM model on images with instance labels (0 = background).",
