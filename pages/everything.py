@@ -4,7 +4,8 @@ import streamlit as st
 
 from samlib.app.everything_run import run_everything
 from samlib.app.results import everything_recipe
-from ui import everything_ui, results_ui, state
+from samlib.recipe import needs_embedding
+from ui import everything_ui, results_ui, state, tiling_ui
 
 st.title("Segment everything")
 st.caption(
@@ -20,6 +21,7 @@ state.context_caption(work, model)
 with st.sidebar:
     st.header("Generator")
     params = everything_ui.generator_params_ui(model)
+    tiling = tiling_ui.tiling_ui(model, work)
     run_clicked = st.button(
         "Run segment everything",
         type="primary",
@@ -33,17 +35,22 @@ with st.expander("What each parameter does (workshop 3.2)"):
 
 run = st.session_state.get(state.EVERYTHING)
 if run_clicked:
-    bar = st.progress(0.0, text="Computing the image embedding...")
+    whole = needs_embedding(tiling, work.rgb8.shape[:2])
+    first = "Computing the image embedding..." if whole else "Segmenting tile 1..."
+    bar = st.progress(0.0, text=first)
 
     def progress(done: int, total: int) -> None:
-        bar.progress(done / max(total, 1), text=f"Decoding point batches: {done} of {total}")
+        what = "Decoding point batches" if whole else "Tiles segmented"
+        bar.progress(done / max(total, 1), text=f"{what}: {done} of {total}")
 
     with state.guard("Segment everything"):
-        emb = state.embedding_ui(model, work)
+        emb = state.embedding_ui(model, work) if whole else None
         extra = {k: params.pop(k) for k in ("iou_floor", "stability_floor", "fast")}
         if extra["fast"]:  # fast mode decodes at the current live thresholds
             params.update(everything_ui.current_thresholds(model))
-        run = run_everything(model, work, params, **extra, embedding=emb, progress=progress)
+        run = run_everything(
+            model, work, params, **extra, tiling=tiling, embedding=emb, progress=progress
+        )
         st.session_state[state.EVERYTHING] = run
     bar.empty()
 
@@ -54,8 +61,9 @@ if run is None or run.image_key != work.key:
     )
     st.stop()
 
+tiles_text = f" in {len(run.tiles)} tiles" if run.tiles else ""
 st.caption(
-    f"Last run: {run.n_candidates} candidate masks decoded in {run.seconds:.1f} s "
+    f"Last run: {run.n_candidates} candidate masks decoded{tiles_text} in {run.seconds:.1f} s "
     f"with {run.model_name}."
 )
 
@@ -97,4 +105,5 @@ results_ui.results_tabs_ui(
         drop_whole_image=st.session_state.get("_drop_whole_image", True),
     ),
     grid_points=run.grid_points,
+    tiles=tiling_ui.tile_cores(run.tiles),
 )

@@ -5,8 +5,9 @@ import streamlit as st
 
 from samlib.app.canvas import merge_prompts
 from samlib.app.results import prompts_recipe
-from samlib.prompts.objects import predict_candidates, records_of
-from ui import prompt_ui, results_ui, state
+from samlib.prompts.objects import records_of
+from samlib.tiling.prompts import prompt_candidates
+from ui import prompt_ui, results_ui, state, tiling_ui
 
 st.title("Segment with prompts")
 st.caption(
@@ -17,24 +18,35 @@ st.caption(
 work = state.require_image()
 model = state.get_model()
 state.context_caption(work, model)
-emb = None
-with state.guard("Computing the image embedding"):
-    emb = state.embedding_ui(model, work)
-if emb is None:
-    st.stop()
-
 objects: list = st.session_state.setdefault(state.OBJECTS, {}).setdefault(work.key, [])
+# the tiling the objects were made with: kept while they exist, so that their recipe says it
+made_with: dict = st.session_state.setdefault("_objects_tiling", {})
 generation = st.session_state.setdefault("canvas_generation", 0)
+
+with st.sidebar:
+    width = prompt_ui.canvas_width_ui()
+    locked = "Clear the objects to change the tiles." if objects else ""
+    tiling = tiling_ui.tiling_ui(model, work, locked=locked)
+if objects:
+    tiling = made_with.get(work.key)
+source = None
+with state.guard("Computing the image embedding"):
+    if tiling is None:
+        source = state.embedding_ui(model, work)
+    else:
+        source = tiling_ui.tiled_embeddings(model, work, tiling)
+if source is None:
+    st.stop()
 
 
 def _accept(new_objects: list) -> None:
+    if not objects:
+        made_with[work.key] = tiling
     objects.extend(new_objects)
     st.session_state["canvas_generation"] += 1  # a fresh, empty canvas for the next object
     st.session_state["typed_prompts"] = None
 
 
-with st.sidebar:
-    width = prompt_ui.canvas_width_ui()
 if width <= prompt_ui.SIDE_BY_SIDE_MAX:
     left, right = st.columns([3, 2], gap="large")
 else:
@@ -55,7 +67,9 @@ with right:
         )
         result = None
         with state.guard("Prompting SAM"):
-            result = predict_candidates(model, emb, prompts, multimask=multimask, clip_to_box=clip)
+            result = prompt_candidates(
+                model, source, prompts, multimask=multimask, clip_to_box=clip
+            )
         if result is not None and len(prompts.boxes) > 1:
             st.image(
                 prompt_ui.objects_view(work, result.best_masks(), prompts),
@@ -84,8 +98,9 @@ if objects:
     st.divider()
     st.subheader("Accepted objects")
     records = records_of(objects)
-    recipe = prompts_recipe(work, model, objects)
-    results_ui.results_tabs_ui(work, records, key="prompts", recipe=recipe)
+    recipe = prompts_recipe(work, model, objects, tiling)
+    tiles = tiling_ui.tile_cores(source.tiles) if tiling is not None else []
+    results_ui.results_tabs_ui(work, records, key="prompts", recipe=recipe, tiles=tiles)
 else:
     st.caption(
         "Accepted objects appear here as a label image, a measurement table and "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import sys
 import zipfile
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from skimage.draw import disk as skdisk
 from streamlit.testing.v1 import AppTest
 
 import samlib.everything.candidates
@@ -31,8 +33,9 @@ from samlib.image.microscopy import as_image
 from samlib.models.arch import VIT_TINY, build_sam
 from samlib.models.loading import load_model, save_checkpoint
 from samlib.outputs.export import EXPORTS
-from samlib.recipe import Recipe, replay
+from samlib.recipe import Recipe, Tiling, replay
 from samlib.records.masks import labels_from_records
+from samlib.tiling.tiles import segment_everything_tiled
 from tests.conftest import make_disks
 from ui import state
 
@@ -217,7 +220,7 @@ def test_everything_runs_once_and_filters_live_without_the_model(app_env, monkey
 
     monkeypatch.setattr(samlib.everything.candidates, "decode_candidates", boom)
     monkeypatch.setattr("samlib.everything.generate.decode_candidates", boom)
-    monkeypatch.setattr("samlib.app.everything_run.generate_candidates", boom)
+    monkeypatch.setattr(sys.modules["samlib.recipe.replay"], "generate_candidates", boom)
     at.slider(key="w_pred_iou_thresh").set_value(0.1).run()
     no_errors(at)
     fewer = metric(at, "After quality & NMS")
@@ -396,7 +399,7 @@ def test_a_failed_run_keeps_the_earlier_results(app_env, monkeypatch):
     def fails(*a, **k):
         raise ParameterError("points_per_side must be in [1, 1024], got 0")
 
-    monkeypatch.setattr("samlib.app.everything_run.generate_candidates", fails)
+    monkeypatch.setattr(sys.modules["samlib.recipe.replay"], "generate_candidates", fails)
     at.button(key="run_everything").click().run()
     assert not at.exception
     assert any("points_per_side" in e.value for e in at.error)
@@ -490,7 +493,6 @@ def app_downloads(at: AppTest, page_key: str) -> dict[str, bytes]:
 def cli_replay(tmp_path: Path, command: str, files: dict[str, bytes], model: Path) -> np.ndarray:
     """Run ``samlib COMMAND disks.tif --recipe params.json`` on the seeded image's data."""
 
-
     img, _ = make_disks(shape=(96, 128), dtype=np.uint16)  # what seeded() put in the session
     tifffile.imwrite(tmp_path / "disks.tif", img)
     (tmp_path / "params.json").write_bytes(files["params"])
@@ -515,6 +517,100 @@ def test_everything_params_json_replays_to_the_apps_label_image(app_env, tmp_pat
     app_labels = tifffile.imread(io.BytesIO(files["labels_tiff"]))
     assert app_labels.max() == metric(at, "After area filter") > 1
     assert np.array_equal(cli_replay(tmp_path, "everything", files, app_env), app_labels)
+
+
+def big_disks(shape=(2000, 2000), n=120, seed=5) -> np.ndarray:
+    """A large 16-bit image of bright disks 8-24 px in radius (tiles' test image)."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros(shape, np.uint16)
+    for _ in range(n):
+        rr, cc = skdisk(
+            tuple(rng.integers(30, min(shape) - 30, 2)), rng.integers(8, 25), shape=shape
+        )
+        img[rr, cc] = rng.integers(20000, 60000)
+    return img
+
+
+@pytest.mark.slow
+def test_everything_tiles_a_large_image_as_the_library_does(app_env, tmp_path):
+    at = new_app()
+    work = prepare_image(as_image(big_disks(), name="big.tif"))
+    at.session_state[state.IMAGE] = work
+    at.switch_page("pages/everything.py").run()
+    no_errors(at)
+    # 2,000 px seen at 256 px by the test model: objects shrink 7.8 times, tiles are on
+    assert at.toggle(key=f"w_tiled_{work.key}").value is True
+    assert any("7.8 times smaller" in c.value for c in at.caption)
+    at.number_input(key="w_tile_size").set_value(1000)
+    at.number_input(key="w_tile_halo").set_value(16)
+    at.selectbox(key="w_output_mode").set_value("coco_rle")
+    at.slider(key="w_points_per_side").set_value(4)
+    at.number_input(key="w_iou_floor").set_value(0.0)
+    at.number_input(key="w_stability_floor").set_value(0.0).run()
+    assert any("4 tiles of 1032 px windows" in c.value for c in at.caption)
+    at.button(key="run_everything").click().run()
+    no_errors(at)
+    run = at.session_state[state.EVERYTHING]
+    assert [t.core for t in run.tiles] == [
+        (0, 0, 1000, 1000),
+        (1000, 0, 2000, 1000),
+        (0, 1000, 1000, 2000),
+        (1000, 1000, 2000, 2000),
+    ]
+    loosen(at)
+    at.checkbox(key="w_drop_whole_image").uncheck().run()
+    shown = next(iter(at.session_state["_refilter_memo"].values())).records
+    lib = segment_everything_tiled(
+        load_model(app_env, fast_encoder=True),
+        work.rgb8,
+        tile_size=1000,
+        halo=16,
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+    )
+    assert len(shown) == len(lib) > 10
+    for a, b in zip(shown, lib, strict=True):
+        assert a == b
+    open_tab(at, "everything", "Overlay")
+    assert "tile grid" in at.get("button_group")[0].proto.options[-1].content
+    area = next(s for s in at.slider if s.key and s.key.startswith("w_area_"))
+    lo, hi = area.value
+    area.set_value((lo, lo + (hi - lo) // 4)).run()  # a few masks: quick to export
+    files = app_downloads(at, "everything")
+    recipe = Recipe.from_dict(json.loads(files["params"]))
+    assert recipe.tiling == Tiling(1000, 16, 0.5)
+    app_labels = tifffile.imread(io.BytesIO(files["labels_tiff"]))
+    _, replayed = replay(recipe, load_model(app_env, fast_encoder=True), work.image)
+    assert app_labels.max() == metric(at, "After area filter") > 1
+    assert np.array_equal(labels_from_records(replayed, shape=(2000, 2000)), app_labels)
+
+
+def test_prompts_on_tiles_of_a_large_image(app_env):
+    at = new_app()
+    work = prepare_image(as_image(big_disks(), name="big.tif"))
+    at.session_state[state.IMAGE] = work
+    at.switch_page("pages/prompts.py").run()
+    no_errors(at)
+    assert at.toggle(key=f"w_tiled_{work.key}").value is True  # on by default, as for everything
+    at.number_input(key="w_tile_size").set_value(1000)
+    at.number_input(key="w_tile_halo").set_value(16).run()
+    at = prompt_with_typed_point(at, 1500.0, 400.0)
+    assert sum("predicted IoU" in c for c in image_captions(at)) == 3
+    at.button(key="add_object").click().run()
+    no_errors(at)
+    # the objects keep the tiling they were made with: the switch is locked until cleared
+    assert at.toggle(key=f"w_tiled_{work.key}").disabled
+    assert any("Clear the objects to change the tiles" in c.value for c in at.caption)
+    files = app_downloads(at, "prompts")
+    recipe = Recipe.from_dict(json.loads(files["params"]))
+    assert recipe.tiling == Tiling(1000, 16, 0.5)
+    app_labels = tifffile.imread(io.BytesIO(files["labels_tiff"]))
+    _, replayed = replay(recipe, load_model(app_env, fast_encoder=True), work.image)
+    assert app_labels.max() == 1  # found in the window x 968..2000, y 0..1032 alone:
+    assert app_labels[:, :968].max() == 0 and app_labels[1032:].max() == 0
+    assert np.array_equal(labels_from_records(replayed, shape=(2000, 2000)), app_labels)
 
 
 def test_prompts_params_json_replays_to_the_apps_label_image(app_env, tmp_path):

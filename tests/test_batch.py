@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 import tifffile
 import torch
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, get_task_stream
 
 from samlib.batch import (
     NOTHING_DONE,
@@ -22,7 +23,7 @@ from samlib.batch import (
     output_names,
     run_batch,
 )
-from samlib.batch import task as batch_task
+from samlib.batch import workers as batch_workers
 from samlib.batch.tiled import segment_everything_tiled_on
 from samlib.cli.parser import main
 from samlib.datasets.synth import nuclei_image
@@ -31,7 +32,7 @@ from samlib.everything.params import GeneratorParams
 from samlib.image.display import to_rgb8
 from samlib.image.io import read_image
 from samlib.models.loading import load_model, suggested_params
-from samlib.recipe import EverythingSettings, LiveFilters, ModelRef, Recipe, replay
+from samlib.recipe import EverythingSettings, LiveFilters, ModelRef, Recipe, Tiling, replay
 from samlib.records.masks import labels_from_records
 from samlib.tiling.tiles import segment_everything_tiled
 
@@ -144,8 +145,8 @@ def test_bad_images_fail_alone_and_a_second_run_resumes(images, tmp_path, monkey
     def no_model(*a, **k):
         raise AssertionError("a model was loaded for an image already done")
 
-    monkeypatch.setattr(batch_task, "load_model", no_model)
-    monkeypatch.setattr(batch_task, "_MODELS", {})
+    monkeypatch.setattr(batch_workers, "load_model", no_model)
+    monkeypatch.setattr(batch_workers, "_MODELS", {})
     some = [p for p in paths if p.name != "empty.tif"]
     again = run_batch(some, _recipe(), out, model=MODEL)
     assert again.skipped == 2 and [r.name for r in again.results if r.status == "failed"] == [
@@ -158,9 +159,7 @@ def test_bad_images_fail_alone_and_a_second_run_resumes(images, tmp_path, monkey
 
 
 @pytest.mark.slow
-def test_two_dask_workers_give_the_sequential_outputs_and_survive_a_killed_worker(
-    images, tmp_path
-):
+def test_two_dask_workers_give_the_sequential_outputs_and_survive_a_killed_worker(images, tmp_path):
     paths = find_images([str(images)])
     run_batch(paths, _recipe(), tmp_path / "seq", model=MODEL)
     cluster = LocalCluster(
@@ -235,10 +234,43 @@ def test_a_huge_image_through_dask_tiles_equals_the_single_process_tiled_result(
     done = []
     with cluster, Client(cluster) as client:
         spread = segment_everything_tiled_on(
-            client, MODEL, rgb, tile_size=200, halo=28, progress=lambda d, t: done.append(t),
+            client,
+            MODEL,
+            rgb,
+            tile_size=200,
+            halo=28,
+            progress=lambda d, t: done.append(t),
             **params,
         )
     assert len(done) == 16 and len(here) > 10
     assert len(spread) == len(here)
     for a, b in zip(spread, here, strict=True):
         assert a == b
+
+
+def test_a_tiled_recipe_runs_each_tile_as_a_task_and_equals_the_sequential_batch(tmp_path):
+    """A batch of a tiled recipe: on Dask the big image's tiles are tasks of their own, and
+    every output equals the one-process batch's (which runs the tiles one by one)."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    img, _ = nuclei_image(3, 256)
+    tifffile.imwrite(folder / "big.tif", np.tile(img, (3, 3))[:700, :650])
+    tifffile.imwrite(folder / "small.tif", nuclei_image(4, 128)[0])  # one window: untiled
+    recipe = dataclasses.replace(_recipe(), tiling=Tiling(200, 28))
+    paths = find_images([str(folder)])
+    here = run_batch(paths, recipe, tmp_path / "here", model=MODEL)
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    )
+    with cluster, Client(cluster) as client, get_task_stream(client) as stream:
+        spread = run_batch(paths, recipe, tmp_path / "spread", model=MODEL, client=client)
+    assert here.exit_status == spread.exit_status == 0
+    tile_tasks = [t for t in stream.data if t["key"].startswith("_tile_task")]
+    assert len(tile_tasks) == 16  # the big image's 4 x 4 tiles; the small one has none
+    assert len({t["worker"] for t in tile_tasks}) == 2
+    for name, least in (("big", 10), ("small", 1)):
+        labels = _labels(tmp_path / "here", name)
+        assert labels.max() >= least
+        assert np.array_equal(_labels(tmp_path / "spread", name), labels)
+    params = json.loads((tmp_path / "spread" / "big" / "params.json").read_text())
+    assert params["tiling"] == {"tile_size": 200, "halo": 28, "tile_iou_thresh": 0.5}

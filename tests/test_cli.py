@@ -18,6 +18,7 @@ import tifffile
 
 from samlib import models
 from samlib.cli.parser import main
+from samlib.datasets.synth import nuclei_image
 from samlib.image.display import to_rgb8
 from samlib.image.io import read_image
 from samlib.models import embeddings
@@ -26,7 +27,9 @@ from samlib.models.embeddings import compute_embedding
 from samlib.models.loading import load_model, suggested_params
 from samlib.prompts.objects import PromptSet, predict_candidates, records_of
 from samlib.prompts.prompting import predict
+from samlib.records.masks import labels_from_records
 from samlib.records.rle import decode_coco
+from samlib.tiling.tiles import segment_everything_tiled
 from tests.conftest import make_disks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -356,6 +359,38 @@ def test_everything_params_json_replays_to_the_same_labels(scene, capsys, tiny_c
     assert {k: v for k, v in replayed.items() if k != "provenance"} == {
         k: v for k, v in json.loads(recipe.read_text()).items() if k != "provenance"
     }
+
+
+def test_everything_in_tiles_equals_the_library_and_its_recipe_replays(scene, capsys):
+    img = np.tile(nuclei_image(3, 256)[0], (2, 2))[:500, :450]  # 2 x 3 tiles
+    tifffile.imwrite(scene / "big.tif", img)
+    base = ["everything", scene / "big.tif", "--model", "small_cnn", "--device", "cpu", "--quiet"]
+    settings = ["--set", "points_per_side=8", "--keep-whole-image", "--tiles", "200,28"]
+    code, _, err = _run(capsys, *base, *settings, "--out", scene / "a")
+    assert code == 0, err
+    recipe = json.loads((scene / "a" / "params.json").read_text())
+    assert recipe["tiling"] == {"tile_size": 200, "halo": 28, "tile_iou_thresh": 0.5}
+    model = load_model("small_cnn", "cpu", fast_encoder=True)
+    lib = segment_everything_tiled(
+        model,
+        to_rgb8(img),
+        tile_size=200,
+        halo=28,
+        points_per_side=8,
+        **suggested_params("small_cnn"),
+    )
+    labels = tifffile.imread(scene / "a" / "labels.tif")
+    assert labels.max() == len(lib) > 10
+    assert np.array_equal(labels, labels_from_records(lib))
+    code, _, err = _run(
+        capsys, *base, "--recipe", scene / "a" / "params.json", "--out", scene / "b"
+    )
+    assert code == 0, err
+    assert np.array_equal(tifffile.imread(scene / "b" / "labels.tif"), labels)
+    with pytest.raises(SystemExit) as info:
+        _run(capsys, *base, "--tiles", "8,2", "--out", scene / "c")
+    assert info.value.code == 2
+    assert "--tiles needs whole pixels, a tile size >= 16" in capsys.readouterr().err
 
 
 def test_recipe_errors_and_the_model_hash_warning(scene, capsys, tiny_checkpoint):

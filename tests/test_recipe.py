@@ -11,13 +11,14 @@ import pytest
 from samlib.app.everything_run import area_filter, refilter_run, run_everything
 from samlib.app.results import everything_recipe, prompts_recipe
 from samlib.app.session import prepare_image
-from samlib.errors import ModelMismatchWarning, RecipeError
+from samlib.errors import ModelMismatchWarning, PromptError, RecipeError
 from samlib.image.display import DisplaySettings
 from samlib.image.microscopy import as_image
 from samlib.models.embeddings import compute_embedding
 from samlib.prompts.objects import PromptSet, predict_candidates
-from samlib.recipe import Recipe, check_model, read_recipe, replay, replay_everything
+from samlib.recipe import Recipe, Tiling, check_model, read_recipe, replay, replay_everything
 from samlib.records.masks import labels_from_records
+from samlib.tiling.prompts import TiledEmbeddings, predict_candidates_tiled
 from tests.test_everything import colored_disks
 
 
@@ -79,6 +80,40 @@ def test_prompts_recipe_replays_the_kept_objects(tiny_sam, work):
         assert rec["predicted_iou"] == obj.predicted_iou
 
 
+def test_tiled_prompts_recipe_replays_the_objects_made_on_tiles(tiny_sam, work):
+    """Objects prompted on tiles (the Prompts page's tiles switch): masks in the image
+    frame, predicted on the window's own embedding, and replayed from the recipe."""
+    tiled = TiledEmbeddings.build(tiny_sam, work.rgb8, tile_size=48, halo=8)
+    assert len(tiled.tiles) == 6  # 96 x 128 px: 2 x 3 tiles of 64 px windows
+    prompts = PromptSet(np.array([[100.0, 70.0]]), np.array([1]))
+    found = predict_candidates_tiled(tiny_sam, tiled, prompts)
+    assert list(tiled.embeddings) == [5]  # only the tile the prompt needs was encoded
+    x0, y0, x1, y1 = tiled.tiles[5].window
+    window = compute_embedding(tiny_sam, np.ascontiguousarray(work.rgb8[y0:y1, x0:x1]))
+    local = predict_candidates(
+        tiny_sam, window, PromptSet(np.array([[100.0 - x0, 70.0 - y0]]), np.array([1]))
+    )
+    assert found.masks.shape == (1, 3, 96, 128)
+    assert np.array_equal(found.masks[..., y0:y1, x0:x1], local.masks)
+    assert not found.masks[..., :y0, :].any() and not found.masks[..., :, :x0].any()
+    assert np.array_equal(found.scores, local.scores)
+    boxed = predict_candidates_tiled(
+        tiny_sam, tiled, PromptSet(np.zeros((0, 2)), np.zeros(0, int), np.array([[5.0, 5, 40, 40]]))
+    )
+    objects = [*found.objects(1), *boxed.objects()]
+    recipe = prompts_recipe(work, tiny_sam, objects, Tiling(48, 8))
+    data = json.loads(recipe.to_json())
+    assert data["tiling"] == {"tile_size": 48, "halo": 8, "tile_iou_thresh": 0.5}
+    _, records = replay(Recipe.from_dict(data), tiny_sam, work.image)
+    assert len(records) == 2
+    for rec, obj in zip(records, objects, strict=True):
+        assert np.array_equal(rec["segmentation"], obj.mask)
+    with pytest.raises(PromptError, match="wider than one tile window"):
+        predict_candidates_tiled(
+            tiny_sam, tiled, PromptSet(np.array([[5.0, 5], [120, 90]]), np.array([1, 1]))
+        )
+
+
 def _prompts_dict(**changes) -> dict:
     base = {
         "recipe": 1,
@@ -108,6 +143,9 @@ def _prompts_dict(**changes) -> dict:
         ({"objects": [{"box": [0, 0, 5, 5], "candidate": 7}]}, "candidate must be an integer"),
         ({"objects": [{"labels": []}]}, "needs points or a box"),
         ({"everything": {}}, "has 'objects', not 'everything'"),
+        ({"tiling": {"tile_size": 8, "halo": 2}}, r"tiling.tile_size must be an integer in \[16"),
+        ({"tiling": {"tile_size": 64, "halo": -1}}, "tiling.halo must be an integer"),
+        ({"tiling": {"tile_size": 64, "halo": 8, "overlap": 1}}, r"unknown key\(s\) \['overlap'\]"),
     ],
 )
 def test_bad_recipes_are_refused_in_one_line(change, match):

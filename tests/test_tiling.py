@@ -14,6 +14,7 @@ import samlib.tiling.tiles as tiling
 from samlib.datasets.samples import load_sample
 from samlib.errors import ParameterError, PromptError
 from samlib.everything.generate import segment_everything
+from samlib.everything.params import GeneratorParams
 from samlib.models.embeddings import compute_embedding
 from samlib.prompts.prompting import predict
 from samlib.records import rle as rlelib
@@ -21,7 +22,13 @@ from samlib.records.build import RECORD_KEYS
 from samlib.records.masks import record_mask
 from samlib.tiling.prompts import TiledEmbeddings, predict_tiled
 from samlib.tiling.stitch import Piece, piece_record, piece_rle, pieces_from_records, stitch_pieces
-from samlib.tiling.tiles import default_tiling, segment_everything_tiled, tile_layout
+from samlib.tiling.tiles import (
+    default_tiling,
+    refilter_tiled,
+    segment_everything_tiled,
+    tile_layout,
+    tiled_candidates,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -75,11 +82,12 @@ def oracle(monkeypatch):
     """Replace the model's generator inside tiling by :func:`oracle_records`."""
     windows = []
 
-    def fake(model, rgb8, *, fast=False, output_mode="binary_mask", **params):
-        windows.append(rgb8.shape)
-        return oracle_records(rgb8, output_mode)
+    def fake(model, window, tile, index, size, *args):
+        windows.append(window.shape)
+        records = oracle_records(window, "uncompressed_rle")
+        return pieces_from_records(tile, records, size, index), len(records)
 
-    monkeypatch.setattr(tiling, "segment_everything", fake)
+    monkeypatch.setattr(tiling, "tile_pieces", fake)
     monkeypatch.setattr(tiling, "default_tiling", lambda model: (100, 30))
     return windows
 
@@ -204,6 +212,49 @@ def test_multi_tile_records_are_in_image_frame(sharp_sam):
         assert cx <= x and cy <= y and x + w < cx + cw and y + h < cy + ch
         # The crop box is a window, or the hull of the windows a merged mask came from.
         assert {cx, cx + cw} <= xs and {cy, cy + ch} <= ys
+
+
+def test_tiled_candidates_refilter_live_equals_a_tiled_run_at_those_thresholds(sharp_sam):
+    """Decoding once at low floors and re-filtering (the app's live filters) gives the
+    records a tiled run decoded at the thresholds gives, for several thresholds."""
+    img = colored_disks((230, 300), n=30, seed=3)
+    p = GeneratorParams(points_per_side=6)
+    calls = []
+    tc = tiled_candidates(
+        sharp_sam,
+        img,
+        p,
+        tile_size=100,
+        halo=20,
+        iou_floor=0.0,
+        stability_floor=0.0,
+        progress=lambda d, n: calls.append((d, n)),
+    )
+    assert calls == [(i, 9) for i in range(1, 10)] and len(tc.tiles) == 9
+    assert len(tc) == sum(len(c) for c in tc.per_tile) > 0
+    seen = set()
+    for iou, stab, nms in [(0.0, 0.1, 0.7), (0.3, 0.5, 0.5), (0.6, 0.8, 0.9)]:
+        live = refilter_tiled(
+            tc, pred_iou_thresh=iou, stability_score_thresh=stab, box_nms_thresh=nms
+        )
+        run = segment_everything_tiled(
+            sharp_sam,
+            img,
+            tile_size=100,
+            halo=20,
+            points_per_side=6,
+            pred_iou_thresh=iou,
+            stability_score_thresh=stab,
+            box_nms_thresh=nms,
+            output_mode="binary_mask",
+        )
+        assert len(live) == len(run)
+        for a, b in zip(live, run, strict=True):
+            assert np.array_equal(a["segmentation"], b["segmentation"])
+            for key in RECORD_KEYS[1:]:
+                assert a[key] == b[key], key
+        seen.add(len(live))
+    assert len(seen) > 1  # the thresholds changed the result
 
 
 # --- stitching with a perfect generator -----------------------------------------------------

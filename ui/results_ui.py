@@ -19,7 +19,7 @@ from samlib.recipe import Recipe
 from samlib.records.masks import labels_from_records
 from ui import state
 
-LAYERS = ["masks", "outlines", "boxes", "grid points"]
+LAYERS = ["masks", "outlines", "boxes", "grid points", "tile grid"]
 
 
 def _memo(kind: str, sig: tuple, compute):
@@ -48,20 +48,25 @@ def overlay_ui(
     records: Sequence[Mapping[str, Any]],
     key: str,
     grid_points: np.ndarray | None = None,
+    tiles: Sequence[Sequence[int]] = (),
 ) -> None:
-    """Overlay the records on the image with user-chosen layers, in a zoomable view."""
-    options = LAYERS if grid_points is not None else LAYERS[:3]
+    """Overlay the records on the image with user-chosen layers, in a zoomable view.
+
+    ``tiles``: XYXY cores of a tiled run, drawn as the "tile grid" layer (on at first)."""
+    options = LAYERS[:3] + (["grid points"] if grid_points is not None else [])
+    options += ["tile grid"] if len(tiles) else []
+    default = ["masks", "outlines"] + (["tile grid"] if len(tiles) else [])
     layers = (
         st.pills(
             "Show",
             options,
             selection_mode="multi",
-            default=["masks", "outlines"],
-            key=f"w_layers_{key}",
+            default=default,
+            key=f"w_layers_{key}_{len(tiles)}",
         )
         or []
     )
-    sig = (_signature(work, records), tuple(layers), grid_points is None)
+    sig = (_signature(work, records), tuple(layers), grid_points is None, tuple(map(tuple, tiles)))
     view = _memo(
         f"overlay_{key}",
         sig,
@@ -72,6 +77,7 @@ def overlay_ui(
             outlines="outlines" in layers,
             boxes="boxes" in layers,
             points=grid_points if "grid points" in layers else None,
+            tiles=tiles if "tile grid" in layers else (),
         ),
     )
     zoomable(view, key=f"view_{key}")
@@ -147,8 +153,11 @@ def results_tabs_ui(
     key: str,
     recipe: Recipe,
     grid_points: np.ndarray | None = None,
+    tiles: Sequence[Sequence[int]] = (),
 ) -> None:
-    """Tabs: overlay, records, measurements, gallery, downloads (and evaluation if possible)."""
+    """Tabs: overlay, records, measurements, gallery, downloads (and evaluation if possible).
+
+    ``tiles``: XYXY cores of a tiled run, for the overlay's tile grid."""
     names = ["Overlay", "Records", "Measurements", "Gallery", "Downloads"]
     if work.ground_truth is not None:
         names.append("Compare with reference")
@@ -157,7 +166,7 @@ def results_tabs_ui(
     tabs = dict(zip(names, st.tabs(names, key=f"w_tabs_{key}", on_change="rerun"), strict=True))
     if tabs["Overlay"].open:
         with tabs["Overlay"]:
-            overlay_ui(work, records, key, grid_points)
+            overlay_ui(work, records, key, grid_points, tiles)
     if tabs["Records"].open:
         with tabs["Records"]:
             st.dataframe(

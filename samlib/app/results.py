@@ -8,6 +8,7 @@ replays (``samlib everything IMAGE --recipe params.json``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from samlib.app.everything_run import EverythingRun
@@ -15,7 +16,7 @@ from samlib.app.session import WorkImage
 from samlib.outputs.export import export_makers
 from samlib.outputs.provenance import provenance
 from samlib.prompts.objects import PromptedObject
-from samlib.recipe import EverythingSettings, LiveFilters, ModelRef, ObjectPrompts, Recipe
+from samlib.recipe import LiveFilters, ModelRef, ObjectPrompts, Recipe, Tiling
 from samlib.records.masks import record_shape
 
 
@@ -49,9 +50,8 @@ def everything_recipe(
     drop_whole_image: bool = True,
 ) -> Recipe:
     """The recipe of what the Segment everything page shows: the run and the live filters."""
-    everything = EverythingSettings(
-        generator=run.params,
-        fast=run.fast,
+    everything = replace(
+        run.settings,
         iou_floor=run.candidates.iou_floor,
         stability_floor=run.candidates.stability_floor,
     )
@@ -68,16 +68,20 @@ def everything_recipe(
         model=ModelRef.of(model),
         image=work.settings,
         pixel_size_um=work.pixel_size_um,
+        tiling=run.tiling,
         everything=everything,
         filters=filters,
     )
 
 
-def prompts_recipe(work: WorkImage, model, objects: Sequence[PromptedObject]) -> Recipe:
-    """The recipe of the Prompts page's accepted objects."""
+def prompts_recipe(
+    work: WorkImage, model, objects: Sequence[PromptedObject], tiling: Tiling | None = None
+) -> Recipe:
+    """The recipe of the Prompts page's accepted objects (made on ``tiling``'s tiles)."""
     return Recipe(
         kind="prompts",
         model=ModelRef.of(model),
+        tiling=tiling,
         image=work.settings,
         pixel_size_um=work.pixel_size_um,
         objects=tuple(ObjectPrompts.of(o) for o in objects),

@@ -28,7 +28,8 @@ import pandas as pd
 from distributed import Client, LocalCluster, as_completed
 
 from samlib.batch.inputs import output_names
-from samlib.batch.task import ImageResult, ModelSpec, segment_image
+from samlib.batch.task import ImageResult, segment_image
+from samlib.batch.workers import ModelSpec
 from samlib.errors import RecipeError
 from samlib.outputs.export import EXPORTS, check_formats, write_atomic
 from samlib.outputs.provenance import now, provenance

@@ -7,46 +7,33 @@ Runs in the batch's own process or on a Dask worker. Each process loads a model 
 from __future__ import annotations
 
 import os
-import threading
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+from distributed import get_worker, worker_client
 
+from samlib.batch.tiled import replay_everything_on
+from samlib.batch.workers import ModelSpec, torch_threads, worker_model
 from samlib.errors import SamlibError
 from samlib.image.io import read_image
-from samlib.models.embeddings import EmbeddingCache, default_cache_dir
-from samlib.models.loading import load_model
 from samlib.outputs.measure import measure_records
-from samlib.recipe import Recipe, pixel_size_of, replay_everything, write_result
+from samlib.recipe import (
+    Recipe,
+    needs_embedding,
+    pixel_size_of,
+    replay_everything,
+    write_result,
+)
 from samlib.records.masks import labels_from_records
 
-__all__ = [
-    "ImageResult",
-    "ModelSpec",
-    "segment_image",
-    "torch_threads",
-    "use_model",
-    "worker_model",
-]
+__all__ = ["ImageResult", "segment_image"]
 
 #: Files every image of a batch gets, whatever ``--export`` adds.
 ALWAYS = ("labels_tiff", "csv", "params")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How a worker loads the batch's model (once per process)."""
-
-    name: str
-    device: str | None = None
-    allow_pickle: bool = False
 
 
 @dataclass
@@ -78,49 +65,6 @@ class ImageResult:
         }
 
 
-_LOCK = threading.Lock()
-_MODELS: dict[ModelSpec, Any] = {}
-_CACHES: dict[ModelSpec, EmbeddingCache] = {}
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch threads (then the count before): the same number of
-    threads gives the same float sums, wherever an image runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def worker_model(spec: ModelSpec):
-    """The model of ``spec``, loaded once per process (as the app loads it), and its
-    embedding cache."""
-    with _LOCK:
-        if spec not in _MODELS:
-            model = load_model(
-                spec.name, spec.device, allow_pickle=spec.allow_pickle, fast_encoder=True
-            )
-            _keep(spec, model)
-        return _MODELS[spec], _CACHES[spec]
-
-
-def use_model(spec: ModelSpec, model) -> None:
-    """Let this process's batch tasks use an already loaded ``model`` for ``spec`` (the
-    app's shared model), instead of loading a second copy."""
-    with _LOCK:
-        if _MODELS.get(spec) is not model:
-            _keep(spec, model)
-
-
-def _keep(spec: ModelSpec, model) -> None:
-    _MODELS[spec] = model
-    folder = None if os.environ.get("SAMLIB_NO_DISK_CACHE") else default_cache_dir()
-    _CACHES[spec] = EmbeddingCache(folder, max_items=2)
-
-
 def segment_image(
     path: str,
     name: str,
@@ -136,16 +80,30 @@ def segment_image(
     """
     t0 = time.perf_counter()
     with torch_threads(threads):
-        return _segment(path, name, recipe, spec, out, formats, t0)
+        return _segment(path, name, recipe, spec, out, formats, t0, threads)
 
 
-def _segment(path, name, recipe, spec, out, formats, t0) -> ImageResult:
+def _tiled(recipe: Recipe, model, rgb: np.ndarray, spec: ModelSpec, threads: int) -> list:
+    """A tiled image's records: on a Dask worker its tiles become tasks of their own
+    (spread over the cluster, a window each); elsewhere they run here, one by one."""
+    try:
+        get_worker()
+    except ValueError:  # not on a Dask worker
+        return replay_everything(recipe, model, rgb).kept
+    with worker_client() as client:  # leaves this worker's slot to the tile tasks
+        return replay_everything_on(client, spec, recipe, rgb, threads=threads).kept
+
+
+def _segment(path, name, recipe, spec, out, formats, t0, threads) -> ImageResult:
     try:
         image = read_image(path)
         model, cache = worker_model(spec)
         rgb = recipe.image.render(image)
-        emb = cache.get(model, rgb, recipe.image.as_dict())
-        records = replay_everything(recipe, model, rgb, embedding=emb).kept
+        if needs_embedding(recipe.tiling, rgb.shape[:2]):
+            emb = cache.get(model, rgb, recipe.image.as_dict())
+            records = replay_everything(recipe, model, rgb, embedding=emb).kept
+        else:
+            records = _tiled(recipe, model, rgb, spec, threads)
         pixel_size = pixel_size_of(recipe, image)
         table = measure_records(records, image, plane=recipe.image.plane, pixel_size_um=pixel_size)
         table.insert(0, "image", name)

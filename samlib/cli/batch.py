@@ -7,6 +7,7 @@ the parser starts without them (``benchmarks/README.md``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -21,10 +22,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from samlib.batch import ModelSpec, find_images, run_batch
     from samlib.models.checkpoints import file_sha256
     from samlib.models.loading import REGISTRY, checkpoint_path, verify_cached
-    from samlib.recipe import read_recipe
+    from samlib.recipe import Tiling, read_recipe
 
     formats = [] if args.export is None else export_formats(args.export)
     recipe = read_recipe(args.recipe)
+    if args.tiles is not None:
+        recipe = dataclasses.replace(recipe, tiling=Tiling(*args.tiles))
     paths = find_images(args.inputs, pattern=args.pattern, recursive=args.recursive)
     name = args.model or recipe.model.name
     if name not in REGISTRY and not Path(name).is_file():

@@ -65,7 +65,15 @@ def _int_plane(text: str) -> int:
 
 #: Options a recipe replaces, per command: given with ``--recipe`` they are refused.
 RECIPE_REPLACES = {
-    "everything": ("set", "fast", "min_area", "max_area", "pixel_size", "keep_whole_image"),
+    "everything": (
+        "set",
+        "fast",
+        "min_area",
+        "max_area",
+        "pixel_size",
+        "keep_whole_image",
+        "tiles",
+    ),
     "prompt": ("point", "box", "single", "no_clip_to_box"),
 }
 IMAGE_OPTIONS = ("channels", "percentiles", "gamma", "plane")
@@ -225,7 +233,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 
     from samlib.image.io import read_image
     from samlib.prompts.objects import PromptSet, predict_candidates, records_of
-    from samlib.recipe import ModelRef, ObjectPrompts, Recipe, replay_prompts
+    from samlib.recipe import ModelRef, ObjectPrompts, Recipe, prompt_source, replay_prompts
 
     formats = export_formats(args.export)
     recipe = _read_recipe(args, "prompts") if args.recipe else None
@@ -235,15 +243,19 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     display = recipe.image if recipe is not None else _display(args, image)
     rgb = display.render(image)
     model = _load_model(args, recipe)
-    emb = _embedding(args, model, rgb, display.as_dict())
     if recipe is not None:
-        objects = replay_prompts(recipe, model, emb)
+        if recipe.tiling is None:
+            source = _embedding(args, model, rgb, display.as_dict())
+        else:
+            source = prompt_source(recipe, model, rgb)
+        objects = replay_prompts(recipe, model, source)
     else:
         prompts = PromptSet(
             np.array([p[:2] for p in args.point], dtype=float).reshape(-1, 2),
             np.array([int(p[2]) for p in args.point], dtype=int),
             np.array(args.box, dtype=float).reshape(-1, 4),
         )
+        emb = _embedding(args, model, rgb, display.as_dict())
         found = predict_candidates(
             model, emb, prompts, multimask=not args.single, clip_to_box=not args.no_clip_to_box
         )
@@ -270,7 +282,7 @@ def _everything_recipe(args: argparse.Namespace, image, model):
     the whole-image and area filters."""
     from samlib.everything.params import GeneratorParams
     from samlib.models.loading import suggested_params
-    from samlib.recipe import EverythingSettings, LiveFilters, ModelRef, Recipe
+    from samlib.recipe import EverythingSettings, LiveFilters, ModelRef, Recipe, Tiling
     from samlib.records.filters import um2_to_px
 
     # --set wins over the model's suggestion
@@ -296,6 +308,7 @@ def _everything_recipe(args: argparse.Namespace, image, model):
         model=ModelRef.of(model),
         image=_display(args, image),
         pixel_size_um=pixel_size,
+        tiling=None if args.tiles is None else Tiling(*args.tiles),
         everything=everything,
         filters=filters,
     )
@@ -304,7 +317,7 @@ def _everything_recipe(args: argparse.Namespace, image, model):
 def cmd_everything(args: argparse.Namespace) -> int:
     from samlib.everything.params import GeneratorParams
     from samlib.image.io import read_image
-    from samlib.recipe import replay_everything
+    from samlib.recipe import needs_embedding, replay_everything
 
     formats = export_formats(args.export)
     recipe = _read_recipe(args, "everything") if args.recipe else None
@@ -317,7 +330,9 @@ def cmd_everything(args: argparse.Namespace) -> int:
     rgb = recipe.image.render(image)
     bar = ProgressBar("segment everything", enabled=not args.quiet)
     try:
-        emb = _embedding(args, model, rgb, recipe.image.as_dict())
+        emb = None
+        if needs_embedding(recipe.tiling, rgb.shape[:2]):
+            emb = _embedding(args, model, rgb, recipe.image.as_dict())
         result = replay_everything(recipe, model, rgb, embedding=emb, progress=bar)
     finally:
         if bar.last:

@@ -50,6 +50,21 @@ def _box(text: str) -> list[float]:
     return _floats(text, (4,), "--box X0,Y0,X1,Y1")
 
 
+def _tiles(text: str) -> tuple[int, int]:
+    values = _floats(text, (2,), "--tiles TILE_SIZE,HALO")
+    if not all(v.is_integer() and v >= 0 for v in values) or values[0] < 16:
+        raise argparse.ArgumentTypeError(
+            f"--tiles needs whole pixels, a tile size >= 16 and a halo >= 0: {text!r}"
+        )
+    return int(values[0]), int(values[1])
+
+
+TILES_HELP = (
+    "cut a large image into tiles of TILE_SIZE px with HALO px of overlap, segment each at "
+    "the model's resolution and stitch (e.g. 768,128 for SAM's 1024-px input)"
+)
+
+
 def _setting(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
@@ -206,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep-whole-image", action="store_true", help="keep masks covering most of the image"
     )
+    p.add_argument("--tiles", type=_tiles, default=None, metavar="TILE_SIZE,HALO", help=TILES_HELP)
     _result_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _model_options(p)
@@ -232,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads-per-worker", type=int, default=1, help="torch threads per image")
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
     p.add_argument("--no-resume", action="store_true", help="run images already done again")
+    p.add_argument(
+        "--tiles",
+        type=_tiles,
+        default=None,
+        metavar="TILE_SIZE,HALO",
+        help=TILES_HELP + "; replaces the recipe's tiling; on Dask each tile is a task",
+    )
     p.add_argument(
         "--ignore-model-hash",
         action="store_true",

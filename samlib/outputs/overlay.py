@@ -27,6 +27,7 @@ BACKGROUND = (230, 30, 30)
 BOX_COLOR = (255, 200, 0)
 GRID_COLOR = (0, 200, 255)
 OUTLINE_COLOR = (255, 255, 0)
+TILE_COLOR = (255, 80, 200)
 
 MaskInput = Sequence[Mapping[str, Any]] | Sequence[np.ndarray] | np.ndarray
 
@@ -194,10 +195,12 @@ def render(
     outlines: bool = True,
     boxes: bool = False,
     points: np.ndarray | None = None,
+    tiles: Sequence[Sequence[int]] = (),
     alpha: float = 0.45,
 ) -> np.ndarray:
-    """Compose the usual layers: coloured masks, outlines, record ``bbox`` (XYWH), and grid
-    points (``(N, 2)`` ``(x, y)`` pixels, e.g. the points SAM was prompted with)."""
+    """Compose the usual layers: coloured masks, outlines, record ``bbox`` (XYWH), grid
+    points (``(N, 2)`` ``(x, y)`` pixels, e.g. the points SAM was prompted with) and the
+    tile grid (``tiles``: XYXY end-exclusive boxes, e.g. the cores of a tiled run)."""
     out = _check_rgb(rgb8)
     ms = _masks(out, records)
     if masks and ms:
@@ -216,6 +219,11 @@ def render(
             points,
             radius=max(1, round(0.004 * max(out.shape[:2]))),
             colors=(GRID_COLOR, GRID_COLOR),
+        )
+    if len(tiles):
+        last = np.asarray(tiles, dtype=float).reshape(-1, 4) - [0, 0, 1, 1]
+        out = draw_boxes(
+            out, last, color=TILE_COLOR, thickness=max(1, round(0.002 * max(out.shape[:2])))
         )
     return out if out is not rgb8 else rgb8.copy()
 

@@ -12,18 +12,26 @@ import numpy as np
 import pandas as pd
 
 from samlib.errors import ModelMismatchWarning, RecipeError
+from samlib.everything.candidates import Candidates
 from samlib.everything.generate import generate_candidates
 from samlib.everything.refilter import refilter_live
 from samlib.image.microscopy import MicroscopyImage
 from samlib.models.embeddings import Embedding, compute_embedding
 from samlib.outputs.export import write_exports
 from samlib.outputs.provenance import provenance
-from samlib.prompts.objects import PromptedObject, predict_candidates, records_of
-from samlib.recipe.settings import Recipe
+from samlib.prompts.objects import PromptedObject, records_of
+from samlib.recipe.settings import EverythingSettings, LiveFilters, Recipe, Tiling
 from samlib.records.filters import FilterResult, filter_records
+from samlib.tiling.prompts import TiledEmbeddings, prompt_candidates
+from samlib.tiling.tiles import TiledCandidates, refilter_tiled, tile_layout, tiled_candidates
 
 __all__ = [
     "check_model",
+    "decode_everything",
+    "last_filters",
+    "live_filter",
+    "needs_embedding",
+    "prompt_source",
     "pixel_size_of",
     "replay",
     "replay_everything",
@@ -50,39 +58,108 @@ def check_model(recipe: Recipe, model) -> str | None:
     return text
 
 
+def decode_everything(
+    settings: EverythingSettings,
+    model,
+    rgb8: np.ndarray,
+    *,
+    tiling: Tiling | None = None,
+    embedding: Embedding | None = None,
+    progress=None,
+) -> Candidates | TiledCandidates:
+    """The expensive step of segment everything, as ``settings`` say: the model over the
+    grid of the whole image, or of each tile of ``tiling`` (``progress`` then counts
+    tiles)."""
+    floors = {"iou_floor": settings.iou_floor, "stability_floor": settings.stability_floor}
+    if tiling is None:
+        return generate_candidates(
+            model,
+            rgb8,
+            settings.generator,
+            fast=settings.fast,
+            embedding=embedding,
+            progress=progress,
+            **floors,
+        )
+    t = tiling
+    return tiled_candidates(
+        model,
+        rgb8,
+        settings.generator,
+        tile_size=t.tile_size,
+        halo=t.halo,
+        tile_iou_thresh=t.tile_iou_thresh,
+        fast=settings.fast,
+        embedding=embedding,
+        progress=progress,
+        **floors,
+    )
+
+
+def needs_embedding(tiling: Tiling | None, image_size: tuple[int, int]) -> bool:
+    """Whether :func:`decode_everything` with ``tiling`` would use the whole (H, W) image's
+    embedding (not when the image is cut into several tiles, each encoded on its own)."""
+    t = tiling
+    return t is None or len(tile_layout(image_size, t.tile_size, t.halo)) == 1
+
+
+def live_filter(
+    cands: Candidates | TiledCandidates, filters: LiveFilters, *, area: bool = True
+) -> FilterResult:
+    """The cheap steps: thresholds and NMS (per tile, then stitched, for a tiled decode),
+    then the whole-image outlier and, with ``area``, the area range."""
+    if isinstance(cands, TiledCandidates):
+        records = refilter_tiled(cands, **filters.thresholds())
+    else:
+        records = refilter_live(cands, **filters.thresholds())
+    return last_filters(records, filters, tuple(cands.image_size), len(cands), area=area)
+
+
+def last_filters(
+    records: list[dict[str, Any]],
+    filters: LiveFilters,
+    image_size: tuple[int, int],
+    n_candidates: int,
+    *,
+    area: bool = True,
+) -> FilterResult:
+    """The filters after thresholds and NMS: the whole-image outlier and, with ``area``,
+    the area range (:func:`~samlib.records.filters.filter_records`)."""
+    return filter_records(
+        records,
+        min_area=filters.min_area if area else None,
+        max_area=filters.max_area if area else None,
+        drop_whole_image=filters.drop_whole_image if area else False,
+        image_shape=image_size,
+        n_candidates=n_candidates,
+    )
+
+
 def replay_everything(
     recipe: Recipe, model, rgb8: np.ndarray, *, embedding: Embedding | None = None, progress=None
 ) -> FilterResult:
     """Segment everything as the recipe says: decode, then the live filters, as the app."""
     if recipe.everything is None or recipe.filters is None:
         raise RecipeError(f"a {recipe.kind} recipe has no segment-everything settings")
-    e, f = recipe.everything, recipe.filters
-    cands = generate_candidates(
+    cands = decode_everything(
+        recipe.everything,
         model,
         rgb8,
-        e.generator,
-        fast=e.fast,
-        iou_floor=e.iou_floor,
-        stability_floor=e.stability_floor,
+        tiling=recipe.tiling,
         embedding=embedding,
         progress=progress,
     )
-    records = refilter_live(cands, **f.thresholds())
-    return filter_records(
-        records,
-        min_area=f.min_area,
-        max_area=f.max_area,
-        drop_whole_image=f.drop_whole_image,
-        image_shape=rgb8.shape[:2],
-        n_candidates=len(cands),
-    )
+    return live_filter(cands, recipe.filters)
 
 
-def replay_prompts(recipe: Recipe, model, embedding: Embedding) -> list[PromptedObject]:
-    """The recipe's prompted objects, predicted again on ``embedding``."""
+def replay_prompts(
+    recipe: Recipe, model, embedding: Embedding | TiledEmbeddings
+) -> list[PromptedObject]:
+    """The recipe's prompted objects, predicted again on ``embedding`` (the whole image's,
+    or its tiles' when the recipe has tiling)."""
     out = []
     for i, spec in enumerate(recipe.objects):
-        found = predict_candidates(
+        found = prompt_candidates(
             model,
             embedding,
             spec.prompt_set(),
@@ -112,8 +189,20 @@ def replay(
     if recipe.kind == "everything":
         result = replay_everything(recipe, model, rgb8, embedding=embedding, progress=progress)
         return rgb8, result.kept
-    emb = embedding if embedding is not None else compute_embedding(model, rgb8)
-    return rgb8, records_of(replay_prompts(recipe, model, emb))
+    return rgb8, records_of(
+        replay_prompts(recipe, model, prompt_source(recipe, model, rgb8, embedding))
+    )
+
+
+def prompt_source(
+    recipe: Recipe, model, rgb8: np.ndarray, embedding: Embedding | None = None
+) -> Embedding | TiledEmbeddings:
+    """What :func:`replay_prompts` prompts: the recipe's tiles of ``rgb8`` (encoded when a
+    prompt needs them), else ``embedding`` or a new embedding of the whole image."""
+    if recipe.tiling is not None:
+        t = recipe.tiling
+        return TiledEmbeddings.build(model, rgb8, tile_size=t.tile_size, halo=t.halo)
+    return embedding if embedding is not None else compute_embedding(model, rgb8)
 
 
 def pixel_size_of(recipe: Recipe, image: MicroscopyImage) -> float | None:

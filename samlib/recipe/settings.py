@@ -6,7 +6,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ __all__ = [
     "KINDS",
     "RECIPE_VERSION",
     "EverythingSettings",
+    "Tiling",
     "LiveFilters",
     "ModelRef",
     "ObjectPrompts",
@@ -41,7 +42,7 @@ __all__ = [
 RECIPE_VERSION = 1
 KINDS = ("everything", "prompts")
 TOP_KEYS = frozenset(
-    {"recipe", "kind", "image", "model", "everything", "filters", "objects", "provenance"}
+    {"recipe", "kind", "image", "model", "tiling", "everything", "filters", "objects", "provenance"}
 )
 
 
@@ -109,23 +110,44 @@ class LiveFilters:
 
 
 @dataclass(frozen=True)
+class Tiling:
+    """Tiles with a halo (:mod:`samlib.tiling`): ``tile_size`` and ``halo`` in pixels;
+    masks of two tiles with a mask IoU above ``tile_iou_thresh`` are one object."""
+
+    tile_size: int
+    halo: int
+    tile_iou_thresh: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_int("tiling.tile_size", self.tile_size, 16, 1 << 16)
+        check_int("tiling.halo", self.halo, 0, 1 << 16)
+        check_number("tiling.tile_iou_thresh", self.tile_iou_thresh, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
 class EverythingSettings:
-    """How segment everything decoded: generator parameters, fast mode, the floors.
+    """How segment everything decoded: generator parameters, fast mode, the floors, tiles.
 
     ``iou_floor``/``stability_floor``: the lowest live thresholds the decode kept
-    candidates for (None: the generator's defaults).
+    candidates for (None: the generator's defaults). ``tiling``: the image was segmented
+    in tiles with a halo (None: whole, at the model's input size).
     """
 
     generator: GeneratorParams = field(default_factory=GeneratorParams)
     fast: bool = False
     iou_floor: float | None = None
     stability_floor: float | None = None
+    tiling: Tiling | None = None
 
     def __post_init__(self) -> None:
         check_bool("everything.fast", self.fast)
         for name in ("iou_floor", "stability_floor"):
             if getattr(self, name) is not None:
                 check_number(f"everything.{name}", getattr(self, name), 0.0, 1.0)
+        if self.tiling is not None and not isinstance(self.tiling, Tiling):
+            raise RecipeError(
+                f"recipe everything.tiling must be tile settings, got {self.tiling!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -185,6 +207,7 @@ class Recipe:
     model: ModelRef
     image: DisplaySettings = field(default_factory=DisplaySettings)
     pixel_size_um: float | None = None
+    tiling: Tiling | None = None
     everything: EverythingSettings | None = None
     filters: LiveFilters | None = None
     objects: tuple[ObjectPrompts, ...] = ()
@@ -201,6 +224,8 @@ class Recipe:
             raise RecipeError("a segment-everything recipe has no 'objects'")
         if self.pixel_size_um is not None:
             check_number("image.pixel_size_um", self.pixel_size_um, 0.0, math.inf, open_low=True)
+        if self.tiling is not None and not isinstance(self.tiling, Tiling):
+            raise RecipeError(f"recipe tiling must be tile settings, got {self.tiling!r}")
 
     # -- JSON ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -210,6 +235,7 @@ class Recipe:
             "kind": self.kind,
             "image": {**self.image.as_dict(), "pixel_size_um": self.pixel_size_um},
             "model": {"name": self.model.name, "sha256": self.model.sha256},
+            "tiling": None if self.tiling is None else asdict(self.tiling),
         }
         if self.everything is not None:
             e = self.everything
@@ -265,6 +291,9 @@ class Recipe:
         sha = model.get("sha256")
         if sha is not None and not isinstance(sha, str):
             raise RecipeError(f"recipe model.sha256 must be a hex string, got {sha!r}")
+        tiling = None
+        if d.get("tiling") is not None:
+            tiling = construct(Tiling, "tiling", mapping("tiling", d["tiling"]))
         everything = filters = None
         if "everything" in d:
             everything = _everything(mapping("everything", d["everything"]))
@@ -281,6 +310,7 @@ class Recipe:
             model=ModelRef(model["name"], sha),
             image=display,
             pixel_size_um=pixel_size,
+            tiling=tiling,
             everything=everything,
             filters=filters,
             objects=objects,
@@ -312,8 +342,12 @@ def _display(image: Mapping[str, Any]) -> DisplaySettings:
     d = {k: v for k, v in image.items() if k != "pixel_size_um"}
     if "channels" in d:
         ch = d["channels"]
-        if not isinstance(ch, list) or len(ch) != 3 or not all(
-            c is None or (isinstance(c, int) and not isinstance(c, bool) and c >= 0) for c in ch
+        if (
+            not isinstance(ch, list)
+            or len(ch) != 3
+            or not all(
+                c is None or (isinstance(c, int) and not isinstance(c, bool) and c >= 0) for c in ch
+            )
         ):
             raise RecipeError(
                 f"recipe image.channels must be 3 channel numbers or null, got {ch!r}"
@@ -345,6 +379,10 @@ def _everything(d: Mapping[str, Any]) -> EverythingSettings:
     except SamlibError as exc:
         raise RecipeError(f"recipe everything.generator: {exc}") from None
     rest = {k: v for k, v in d.items() if k != "generator"}
+    if rest.get("tiling") is not None:
+        rest["tiling"] = construct(
+            Tiling, "everything.tiling", mapping("everything.tiling", rest["tiling"])
+        )
     return construct(EverythingSettings, "everything", {"generator": generator, **rest})
 
 
@@ -352,9 +390,7 @@ def _object(i: int, data: Any) -> ObjectPrompts:
     d = dict(mapping(f"objects[{i}]", data))
     known_keys(f"objects[{i}]", d, {f.name for f in fields(ObjectPrompts)})
     try:
-        points = tuple(
-            (float(p[0]), float(p[1])) for p in d.get("points", []) if len(p) == 2
-        )
+        points = tuple((float(p[0]), float(p[1])) for p in d.get("points", []) if len(p) == 2)
         if len(points) != len(d.get("points", [])):
             raise ValueError
         box = d.get("box")

@@ -6,7 +6,8 @@ tiles with a halo (:func:`samlib.tiling.tiles.tile_layout`) and encodes a tile's
 when a prompt first needs it. :func:`predict_tiled` sends each prompt set to the tile
 whose window holds all of its points and box, preferring the tile whose core holds the
 prompt's centre (so the object gets the most context), and returns the masks in image
-coordinates. A prompt set wider than a window raises :class:`~samlib.errors.PromptError`:
+coordinates; :func:`predict_candidates_tiled` does the same for the app's prompt sets.
+A prompt set wider than a window raises :class:`~samlib.errors.PromptError`:
 use a larger ``tile_size`` or the untiled embedding for it.
 """
 
@@ -20,11 +21,18 @@ from segment_anything.modeling import Sam
 from samlib.errors import PromptError
 from samlib.image.display import check_rgb8
 from samlib.models.embeddings import Embedding, compute_embedding
+from samlib.prompts.objects import PromptCandidates, PromptSet, predict_candidates
 from samlib.prompts.prompting import PromptResult, predict
 from samlib.tiling.stitch import Tile
 from samlib.tiling.tiles import default_tiling, tile_layout
 
-__all__ = ["TiledEmbeddings", "TiledPromptResult", "predict_tiled"]
+__all__ = [
+    "TiledEmbeddings",
+    "TiledPromptResult",
+    "predict_candidates_tiled",
+    "predict_tiled",
+    "prompt_candidates",
+]
 
 
 @dataclass
@@ -175,3 +183,55 @@ def predict_tiled(
         multimask=multimask,
     )
     return TiledPromptResult(result=result, tile=tile, image_size=tiled.rgb8.shape[:2])
+
+
+def predict_candidates_tiled(
+    model: Sam,
+    tiled: TiledEmbeddings,
+    prompts: PromptSet,
+    *,
+    multimask: bool = True,
+    clip_to_box: bool = True,
+) -> PromptCandidates:
+    """:func:`~samlib.prompts.objects.predict_candidates` on the one tile whose window holds
+    every point and box of ``prompts`` (image pixels); masks in the image frame.
+
+    Raises :class:`~samlib.errors.PromptError` when the prompts span more than a window.
+    """
+    corners = np.concatenate([prompts.points.reshape(-1, 2), prompts.boxes.reshape(-1, 2)])
+    index = tiled.pick_tile(corners, None)
+    tile = tiled.tiles[index]
+    x0, y0, x1, y1 = tile.window
+    offset = np.array([x0, y0], dtype=float)
+    local = PromptSet(prompts.points - offset, prompts.labels, prompts.boxes - np.tile(offset, 2))
+    found = predict_candidates(
+        model, tiled.embedding(model, index), local, multimask=multimask, clip_to_box=clip_to_box
+    )
+    masks = np.zeros((*found.masks.shape[:2], *tiled.rgb8.shape[:2]), bool)
+    masks[..., y0:y1, x0:x1] = found.masks
+    return PromptCandidates(
+        masks,
+        found.scores,
+        found.stability,
+        prompts.points,
+        prompts.labels,
+        prompts.boxes,
+        multimask,
+        clip_to_box,
+    )
+
+
+def prompt_candidates(
+    model: Sam,
+    source: Embedding | TiledEmbeddings,
+    prompts: PromptSet,
+    *,
+    multimask: bool = True,
+    clip_to_box: bool = True,
+) -> PromptCandidates:
+    """Candidates for ``prompts`` on the whole image's embedding or on its tiles."""
+    if isinstance(source, TiledEmbeddings):
+        return predict_candidates_tiled(
+            model, source, prompts, multimask=multimask, clip_to_box=clip_to_box
+        )
+    return predict_candidates(model, source, prompts, multimask=multimask, clip_to_box=clip_to_box)

@@ -21,24 +21,34 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from segment_anything.modeling import Sam
 
 from samlib.errors import ParameterError
-from samlib.everything.generate import segment_everything
+from samlib.everything.candidates import Candidates
+from samlib.everything.generate import generate_candidates
 from samlib.everything.params import GeneratorParams
+from samlib.everything.refilter import refilter_live
 from samlib.image.display import check_rgb8
 from samlib.tiling.stitch import Piece, Tile, piece_record, pieces_from_records, stitch_pieces
 
 __all__ = [
+    "SUGGEST_TILES_SHRINK",
     "TILING_HELP",
     "Tile",
+    "TiledCandidates",
+    "candidate_pieces",
+    "check_tile_iou",
+    "refilter_tiled",
+    "tiled_candidates",
     "default_tiling",
     "segment_everything_tiled",
+    "shrink_factor",
     "stitch_tiles",
+    "suggest_tiles",
     "tile_layout",
     "tile_pieces",
     "window_of",
@@ -55,6 +65,23 @@ TILING_HELP: dict[str, str] = {
     "tile_iou_thresh": "Two masks from neighbouring tiles that overlap more than this (mask "
     "IoU, where both tiles saw the image) are the same object and are kept once.",
 }
+
+
+#: Tiles are suggested when the model would see an image at 1/3 of its size or less: an
+#: object 9 px wide (a small nucleus) would then cover 3 px or fewer of the model's input,
+#: less than one cell of SAM's mask grid (a quarter of its input's resolution).
+SUGGEST_TILES_SHRINK = 3.0
+
+
+def shrink_factor(model: Sam, image_size: tuple[int, int]) -> float:
+    """How many times smaller the model sees an (H, W) image: long side / input size."""
+    return max(image_size) / float(model.image_encoder.img_size)
+
+
+def suggest_tiles(model: Sam, image_size: tuple[int, int]) -> bool:
+    """Whether small objects would shrink below a few pixels at the model's input size
+    (:data:`SUGGEST_TILES_SHRINK`), so that tiles should be on."""
+    return shrink_factor(model, image_size) >= SUGGEST_TILES_SHRINK
 
 
 def default_tiling(model: Sam) -> tuple[int, int]:
@@ -160,25 +187,144 @@ def segment_everything_tiled(
         in one window, exactly :func:`samlib.everything.generate.segment_everything`'s records.
     """
     rgb8 = check_rgb8(rgb8)
-    output_mode = params.pop("output_mode", "coco_rle")
-    GeneratorParams.from_kwargs(output_mode=output_mode, **params)  # fail before any work
-    if (
-        isinstance(tile_iou_thresh, bool)
-        or not isinstance(tile_iou_thresh, (int, float, np.floating, np.integer))
-        or not 0.0 <= float(tile_iou_thresh) <= 1.0
-    ):
-        raise ParameterError(f"tile_iou_thresh must be in [0, 1], got {tile_iou_thresh!r}")
-    d_tile, d_halo = default_tiling(model)
-    tile_size = d_tile if tile_size is None else tile_size
-    halo = d_halo if halo is None else halo
+    p = GeneratorParams.from_kwargs(output_mode=params.pop("output_mode", "coco_rle"), **params)
+    tiles = _layout(model, rgb8.shape[:2], tile_size, halo)
+    iou = check_tile_iou(tile_iou_thresh)
     size = rgb8.shape[:2]
-    tiles = tile_layout(size, tile_size, halo)
     per_tile = []
     for t, tile in enumerate(tiles):
-        per_tile.append(tile_pieces(model, window_of(rgb8, tile), tile, t, size, fast, params))
+        floors = {"iou_floor": p.pred_iou_thresh, "stability_floor": p.stability_score_thresh}
+        per_tile.append(
+            tile_pieces(model, window_of(rgb8, tile), tile, t, size, p, fast, floors)[0]
+        )
         if progress is not None:
             progress(t + 1, len(tiles))
-    return stitch_tiles(per_tile, tiles, size, float(tile_iou_thresh), output_mode)
+    return stitch_tiles(per_tile, tiles, size, iou, p.output_mode)
+
+
+def check_tile_iou(value: Any) -> float:
+    """``tile_iou_thresh`` as a float in [0, 1]; :class:`ParameterError` otherwise."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.floating, np.integer))
+        or not 0.0 <= float(value) <= 1.0
+    ):
+        raise ParameterError(f"tile_iou_thresh must be in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _layout(model: Sam, size: tuple[int, int], tile_size: int | None, halo: int | None):
+    d_tile, d_halo = default_tiling(model)
+    return tile_layout(
+        size, d_tile if tile_size is None else tile_size, d_halo if halo is None else halo
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class TiledCandidates:
+    """The candidates of every tile of one image, for live re-filtering without the model.
+
+    The tiled counterpart of :class:`~samlib.everything.candidates.Candidates`: the app
+    decodes once (:func:`tiled_candidates`) and re-filters on every slider move
+    (:func:`refilter_tiled`), each tile's candidates filtered as the untiled ones are and
+    the tiles then stitched.
+
+    Attributes
+    ----------
+    tiles : tuple of Tile
+        The layout (row-major).
+    per_tile : tuple of Candidates
+        One per tile, in the window's frame.
+    image_size : tuple of int
+        (H, W) of the whole image.
+    tile_iou_thresh : float
+        Stitching's same-object IoU.
+    """
+
+    tiles: tuple[Tile, ...]
+    per_tile: tuple[Candidates, ...]
+    image_size: tuple[int, int]
+    tile_iou_thresh: float
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self.per_tile)
+
+    @property
+    def iou_floor(self) -> float:
+        """The decode floor of predicted IoU (the same in every tile)."""
+        return self.per_tile[0].iou_floor
+
+    @property
+    def stability_floor(self) -> float:
+        """The decode floor of stability (the same in every tile)."""
+        return self.per_tile[0].stability_floor
+
+    @property
+    def params(self) -> GeneratorParams:
+        """The generator parameters every tile was decoded with."""
+        return self.per_tile[0].params
+
+
+def tiled_candidates(
+    model: Sam,
+    rgb8: np.ndarray,
+    params: GeneratorParams,
+    *,
+    tile_size: int,
+    halo: int,
+    tile_iou_thresh: float = 0.5,
+    fast: bool = False,
+    iou_floor: float | None = None,
+    stability_floor: float | None = None,
+    embedding: Any = None,
+    progress: TileProgress | None = None,
+) -> TiledCandidates:
+    """Decode every tile's grid once (:func:`generate_candidates` per window).
+
+    ``embedding`` (of the whole image) is used only when one window is the whole image;
+    otherwise each window is encoded. ``progress(done, total)`` counts tiles.
+    """
+    rgb8 = check_rgb8(rgb8)
+    size = rgb8.shape[:2]
+    tiles = tile_layout(size, tile_size, halo)
+    iou = check_tile_iou(tile_iou_thresh)
+    whole = len(tiles) == 1 and tiles[0].shape == tuple(size)
+    per_tile = []
+    for t, tile in enumerate(tiles):
+        per_tile.append(
+            generate_candidates(
+                model,
+                window_of(rgb8, tile),
+                params,
+                fast=fast,
+                iou_floor=iou_floor,
+                stability_floor=stability_floor,
+                embedding=embedding if whole else None,
+            )
+        )
+        if progress is not None:
+            progress(t + 1, len(tiles))
+    return TiledCandidates(tuple(tiles), tuple(per_tile), (int(size[0]), int(size[1])), iou)
+
+
+def refilter_tiled(tiled: TiledCandidates, **thresholds: float) -> list[dict[str, Any]]:
+    """Records of the whole image for live thresholds (no model call).
+
+    Each tile's candidates are filtered as :func:`samlib.everything.refilter.refilter_live`
+    filters an untiled image's, then stitched (:func:`stitch_tiles`), in the generator's
+    ``output_mode``. The same records as a tiled run decoded at these thresholds.
+    """
+    per_tile = [
+        candidate_pieces(c, tile, t, tiled.image_size, thresholds)
+        for t, (tile, c) in enumerate(zip(tiled.tiles, tiled.per_tile, strict=True))
+    ]
+    return stitch_tiles(
+        per_tile,
+        list(tiled.tiles),
+        tiled.image_size,
+        tiled.tile_iou_thresh,
+        tiled.params.output_mode,
+    )
 
 
 def window_of(rgb8: np.ndarray, tile: Tile) -> np.ndarray:
@@ -193,15 +339,33 @@ def tile_pieces(
     tile: Tile,
     index: int,
     image_size: tuple[int, int],
+    params: GeneratorParams,
     fast: bool,
-    params: dict[str, Any],
-) -> list[Piece]:
-    """Segment everything in one tile's window; its masks as pieces in image coordinates.
+    floors: dict[str, float | None],
+    thresholds: dict[str, float] | None = None,
+) -> tuple[list[Piece], int]:
+    """Segment everything in one tile's window: its masks as pieces in image coordinates,
+    and the number of candidates decoded.
 
     The unit of work of a tiled run: it needs the window's pixels only, so tiles can run in
-    any process (:func:`samlib.batch.tiled.segment_everything_tiled_on`).
+    any process (:mod:`samlib.batch.tiled`). ``floors`` (``iou_floor``,
+    ``stability_floor``) are the decode floors and ``thresholds`` the live thresholds, as
+    a recipe gives them (None: those of ``params``).
     """
-    records = segment_everything(model, window, fast=fast, output_mode="uncompressed_rle", **params)
+    cands = generate_candidates(model, window, params, fast=fast, **floors)
+    return candidate_pieces(cands, tile, index, image_size, thresholds or {}), len(cands)
+
+
+def candidate_pieces(
+    cands: Candidates,
+    tile: Tile,
+    index: int,
+    image_size: tuple[int, int],
+    thresholds: dict[str, float],
+) -> list[Piece]:
+    """One tile's candidates, filtered at ``thresholds`` (as the untiled live filter), as
+    pieces in image coordinates."""
+    records = refilter_live(cands, output_mode="uncompressed_rle", **thresholds)
     return pieces_from_records(tile, records, image_size, index)
 
 
