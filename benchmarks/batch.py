@@ -6,7 +6,13 @@ run starts from an empty output folder and a fresh ``LocalCluster`` (model loadi
 included). Prints images per minute, the ratio of 2 workers to 1, and every worker's peak
 resident memory.
 
-    python benchmarks/batch.py [--images 16] [--points-per-side 32]
+With ``--huge``, one large image instead (nuclei images tiled to 2,048 and 4,096 px a
+side) through the distributed tiled path (:func:`samlib.batch.replay_everything_on`, a
+Dask task per tile of the demo model's input) on 2 workers: seconds, masks and every
+worker's peak resident memory for each size, which stays flat as the image grows 4x in
+pixels, and the peak of this process, which stitches.
+
+    python benchmarks/batch.py [--images 16] [--points-per-side 32] [--huge]
 """
 
 from __future__ import annotations
@@ -17,14 +23,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import tifffile
 from distributed import Client, LocalCluster
 
-from samlib.batch import ModelSpec, find_images, run_batch
+from samlib.batch import ModelSpec, find_images, replay_everything_on, run_batch
 from samlib.datasets.synth import nuclei_image
 from samlib.everything.params import GeneratorParams
+from samlib.image.display import to_rgb8
 from samlib.models.loading import suggested_params
-from samlib.recipe import EverythingSettings, LiveFilters, ModelRef, Recipe
+from samlib.recipe import EverythingSettings, LiveFilters, ModelRef, Recipe, Tiling
 
 
 def _peak_rss_mb() -> float:
@@ -35,7 +43,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--points-per-side", type=int, default=32)
+    ap.add_argument("--huge", action="store_true", help="one large image, tiles on Dask")
     args = ap.parse_args()
+    if args.huge:
+        huge(args.points_per_side)
+        return
     gen = GeneratorParams(points_per_side=args.points_per_side, **suggested_params("small_cnn"))
     recipe = Recipe(
         kind="everything",
@@ -75,6 +87,36 @@ def main() -> None:
                 + ", ".join(f"{mb:.0f} MB" for mb in peaks.values())
             )
     print(f"2 workers / 1 worker: {rates[2] / rates[1]:.2f}x [target >= 1.7x]")
+
+
+def huge(points_per_side: int) -> None:
+    """Peak memory per worker for one large image whose tiles are Dask tasks."""
+    gen = GeneratorParams(points_per_side=points_per_side, **suggested_params("small_cnn"))
+    recipe = Recipe(
+        kind="everything",
+        model=ModelRef("small_cnn"),
+        tiling=Tiling(192, 32),  # windows of the demo model's 256-px input
+        everything=EverythingSettings(gen),
+        filters=LiveFilters.from_generator(gen),
+    )
+    tile = nuclei_image(0, 256)[0]
+    for side in (2048, 4096):
+        reps = (-(-side // tile.shape[0]), -(-side // tile.shape[1]))
+        rgb = to_rgb8(np.tile(tile, reps)[:side, :side])
+        cluster = LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        )
+        with cluster, Client(cluster) as client:
+            t0 = time.perf_counter()
+            result = replay_everything_on(client, ModelSpec("small_cnn", "cpu"), recipe, rgb)
+            seconds = time.perf_counter() - t0
+            peaks = client.run(_peak_rss_mb)
+        print(
+            f"{side} x {side} px ({rgb.nbytes / 2**20:.0f} MB RGB): {seconds:.1f} s, "
+            f"{len(result.kept)} masks; peak RSS per worker: "
+            + ", ".join(f"{mb:.0f} MB" for mb in peaks.values())
+            + f"; this process (stitching): {_peak_rss_mb():.0f} MB"
+        )
 
 
 if __name__ == "__main__":
