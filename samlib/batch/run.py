@@ -30,7 +30,8 @@ from distributed import Client, LocalCluster, as_completed
 from samlib.batch.inputs import output_names
 from samlib.batch.task import ImageResult, ModelSpec, segment_image
 from samlib.errors import RecipeError
-from samlib.outputs.export import EXPORTS, check_formats, write_atomic
+from samlib.files import write_atomic
+from samlib.outputs.export import EXPORTS, check_formats
 from samlib.outputs.provenance import now, provenance
 from samlib.recipe import Recipe
 

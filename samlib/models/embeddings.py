@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 import weakref
@@ -30,6 +29,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from samlib.errors import ParameterError
+from samlib.files import write_atomic
 from samlib.image.display import check_rgb8
 from samlib.image.microscopy import image_hash
 from samlib.models.accel import accelerated
@@ -326,19 +326,8 @@ class EmbeddingCache:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         features = emb.features.detach().to("cpu").numpy()
-        # Write to temporary files and rename, so a crash never leaves a half-written entry.
-        for path, write in (
-            (npz, lambda f: np.savez(f, features=features)),
-            (meta_path, lambda f: f.write(json.dumps(meta, default=str).encode())),
-        ):
-            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    write(f)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+        write_atomic(npz, lambda f: np.savez(f, features=features))
+        write_atomic(meta_path, json.dumps(meta, default=str).encode())
         self._prune(keep=emb.key)
 
     def _prune(self, keep: str) -> None:
