@@ -1,7 +1,8 @@
 """Files that a crash or a power cut never leaves half-written under their own name.
 
 :func:`write_atomic` is the one way samlib writes a file that must be whole (exports, batch
-manifests and tables, checkpoints, the embedding cache).
+manifests and tables, checkpoints, the embedding cache); :func:`prune_temp_files` deletes
+the temporary files that writers which died left behind.
 
 Imports nothing from samlib, so every subpackage may import it.
 """
@@ -10,11 +11,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["write_atomic"]
+__all__ = ["prune_temp_files", "write_atomic"]
 
 
 def write_atomic(
@@ -66,3 +68,36 @@ def _sync_folder(folder: Path) -> None:
         pass  # some file systems do not sync folders; the file itself is on the disk already
     finally:
         os.close(fd)
+
+
+def prune_temp_files(
+    folder: str | os.PathLike[str],
+    older_than_s: float,
+    suffixes: tuple[str, ...] = (".tmp", ".part"),
+) -> list[Path]:
+    """Delete the files of ``folder`` named ``*<suffix>`` and last modified more than
+    ``older_than_s`` seconds ago; return their paths.
+
+    A writer that crashed or lost power leaves its temporary file behind; one that is still
+    writing has modified its file recently, so recent files are left alone. A folder or a file
+    that cannot be read or deleted is skipped: pruning is housekeeping and never fails.
+    """
+    cutoff = time.time() - older_than_s
+    removed = []
+    try:
+        with os.scandir(folder) as listing:
+            entries = list(listing)
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.endswith(suffixes):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
