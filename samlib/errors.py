@@ -70,3 +70,11 @@ class RecipeError(ParameterError):
 
 class ModelMismatchWarning(UserWarning):
     """The model loaded for a recipe is not the one that produced it (another SHA-256)."""
+
+
+class CacheWarning(UserWarning):
+    """A disk cache is damaged or cannot be written; the work goes on without it.
+
+    An unreadable entry (truncated, bad CRC, wrong shape, broken metadata) is deleted and
+    recomputed; a folder that cannot be written (read-only, full) keeps results in memory.
+    """

@@ -36,7 +36,7 @@ def _allowed(package: str) -> set[str]:
     if text.startswith("every subpackage"):
         but = re.search(r"but (\w+(?: and \w+)?)", text)
         excluded = set(but.group(1).split(" and ")) if but else set()
-        return set(SUBPACKAGES) - excluded | {"errors", "coords", "workspace"} | named
+        return set(SUBPACKAGES) - excluded | {"errors", "coords", "files", "workspace"} | named
     return named
 
 

@@ -31,7 +31,8 @@ from samlib.batch.inputs import output_names
 from samlib.batch.task import ImageResult, segment_image
 from samlib.batch.workers import ModelSpec
 from samlib.errors import RecipeError
-from samlib.outputs.export import EXPORTS, check_formats, write_atomic
+from samlib.files import write_atomic
+from samlib.outputs.export import EXPORTS, check_formats
 from samlib.outputs.provenance import now, provenance
 from samlib.recipe import Recipe
 

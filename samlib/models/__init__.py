@@ -3,7 +3,7 @@
 Architectures, the registry, checkpoint files, downloads, loading, encoder speed-ups and image
 embeddings.
 
-May import: samlib.errors, samlib.workspace, samlib.image.
+May import: samlib.errors, samlib.files, samlib.workspace, samlib.image.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from segment_anything.modeling import Sam
 
 from samlib import __version__
 from samlib.errors import CheckpointError, UnsafeCheckpointError
+from samlib.files import write_atomic
 from samlib.models.arch import ENCODERS, SamConfig, build_sam, detect_config
 
 __all__ = ["file_sha256", "model_from_state", "read_checkpoint", "save_checkpoint"]
@@ -189,7 +190,4 @@ def save_checkpoint(
     }
     if float(model.mask_threshold) != 0.0:
         payload["meta"]["mask_threshold"] = float(model.mask_threshold)
-    tmp = p.with_name(p.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, p)
-    return p
+    return write_atomic(p, lambda f: torch.save(payload, f))

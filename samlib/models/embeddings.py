@@ -14,9 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -29,7 +29,8 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from samlib.errors import ParameterError
+from samlib.errors import CacheWarning, ParameterError
+from samlib.files import prune_temp_files, write_atomic
 from samlib.image.display import check_rgb8
 from samlib.image.microscopy import image_hash
 from samlib.models.accel import accelerated
@@ -43,10 +44,15 @@ __all__ = [
     "embedding_key",
     "check_embedding",
     "model_key",
+    "STALE_TEMP_S",
 ]
 
 # Bump when the on-disk layout or the way features are computed changes.
 _FORMAT = 1
+
+#: Age in seconds after which a temporary file in the cache folder is a dead writer's (an
+#: embedding is written in well under a second) and is deleted.
+STALE_TEMP_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,14 @@ class EmbeddingCache:
         After each write, the least recently used entries are deleted until the disk
         cache is at most this size (default 2 GiB, about 500 vit_b embeddings); ``None``
         keeps everything.
+
+    The disk cache never stops the work. An entry that cannot be read or does not fit the
+    model (truncated, empty, bad CRC, wrong shape or dtype, broken or missing metadata) is
+    deleted and recomputed; a folder that cannot be written (read-only, full) keeps the
+    embedding in memory only. Both say so with a :class:`~samlib.errors.CacheWarning`.
+    Entries are written metadata first, each file synced before its rename
+    (:func:`samlib.files.write_atomic`); temporary files older than :data:`STALE_TEMP_S`,
+    left by writers that died, are deleted when the cache opens and after each write.
     """
 
     def __init__(
@@ -213,6 +227,8 @@ class EmbeddingCache:
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
         self.encodes = 0  # how many times the encoder actually ran
+        if self.directory is not None:
+            prune_temp_files(self.directory, STALE_TEMP_S)
 
     # -- public API ---------------------------------------------------------------------
     def get(
@@ -275,7 +291,7 @@ class EmbeddingCache:
                 self._memory.move_to_end(key)
                 if emb.features.device == model.device:
                     return emb
-        emb = self._load(key, model.device)
+        emb = self._load(key, model)
         if emb is not None:
             self._remember(emb)
         return emb
@@ -284,37 +300,42 @@ class EmbeddingCache:
         assert self.directory is not None
         return self.directory / f"{key}.npz", self.directory / f"{key}.json"
 
-    def _load(self, key: str, device: torch.device) -> Embedding | None:
+    def _load(self, key: str, model: Sam) -> Embedding | None:
         if self.directory is None:
             return None
         npz, meta_path = self._paths(key)
-        if not (npz.exists() and meta_path.exists()):
+        # The metadata is written first, so an .npz marks a complete entry.
+        if not npz.exists():
             return None
         try:
-            meta = json.loads(meta_path.read_text())
-            with np.load(npz, allow_pickle=False) as data:
-                features = torch.from_numpy(data["features"].copy())
-            if meta.get("format") != _FORMAT or features.ndim != 4:
-                return None
-        except (OSError, ValueError, KeyError):
-            # A damaged cache file is not an error: it is recomputed and overwritten.
+            emb = _read_entry(npz, meta_path, key, model)
+        except Exception as exc:  # a damaged file makes zipfile and numpy raise many types
+            if npz.exists():  # not deleted meanwhile by another process's pruning
+                self._discard(key, exc)
             return None
         try:
             os.utime(npz)  # pruning deletes the least recently used entries first
         except OSError:
             pass
-        return Embedding(
-            features=features.to(device),
-            original_size=tuple(meta["original_size"]),
-            input_size=tuple(meta["input_size"]),
-            key=key,
-            image_sha256=str(meta.get("image_sha256", "")),
+        return emb
+
+    def _discard(self, key: str, reason: Exception) -> None:
+        """Delete an unreadable disk entry (it is then recomputed) and say so."""
+        npz, meta_path = self._paths(key)
+        for path in (npz, meta_path):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass  # a folder that cannot be written: the save that follows says so
+        warnings.warn(
+            f"embedding cache entry {npz} is unreadable ({_one_line(reason)}); recomputing it",
+            CacheWarning,
+            stacklevel=2,
         )
 
     def _save(self, emb: Embedding, model: Sam, settings: Mapping[str, Any] | None) -> None:
         if self.directory is None:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
         npz, meta_path = self._paths(emb.key)
         meta = {
             "format": _FORMAT,
@@ -326,24 +347,25 @@ class EmbeddingCache:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         features = emb.features.detach().to("cpu").numpy()
-        # Write to temporary files and rename, so a crash never leaves a half-written entry.
-        for path, write in (
-            (npz, lambda f: np.savez(f, features=features)),
-            (meta_path, lambda f: f.write(json.dumps(meta, default=str).encode())),
-        ):
-            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    write(f)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        self._prune(keep=emb.key)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            write_atomic(meta_path, json.dumps(meta, default=str).encode())
+            write_atomic(npz, lambda f: np.savez(f, features=features))
+            self._prune(keep=emb.key)
+        except OSError as exc:
+            warnings.warn(
+                f"embedding cache folder {self.directory} cannot be written "
+                f"({_one_line(exc)}); the embedding is kept in memory only",
+                CacheWarning,
+                stacklevel=2,
+            )
 
     def _prune(self, keep: str) -> None:
-        """Delete the oldest disk entries beyond ``max_disk_bytes`` (never ``keep``)."""
-        if self.max_disk_bytes is None or self.directory is None:
+        """Delete temporary files older than :data:`STALE_TEMP_S`, then the least recently
+        used disk entries beyond ``max_disk_bytes`` (never ``keep``)."""
+        assert self.directory is not None
+        prune_temp_files(self.directory, STALE_TEMP_S)
+        if self.max_disk_bytes is None:
             return
         entries = []
         for npz in self.directory.glob("*.npz"):
@@ -361,3 +383,53 @@ class EmbeddingCache:
             npz.unlink(missing_ok=True)
             npz.with_suffix(".json").unlink(missing_ok=True)
             total -= size
+
+
+def _read_entry(npz: Path, meta_path: Path, key: str, model: Sam) -> Embedding:
+    """Read one disk entry, checked against ``model``; raise unless it is whole and fits.
+
+    The features must be float32 of the shape ``model`` makes, (1, C, h, w); the metadata
+    must give (H, W) ``original_size`` and the ``input_size`` that the resize makes of it.
+    """
+    meta = json.loads(meta_path.read_text())
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        raise ValueError(f"the metadata is not a format-{_FORMAT} object")
+    original_size = _size(meta.get("original_size"), "original_size")
+    input_size = _size(meta.get("input_size"), "input_size")
+    img_size = model.image_encoder.img_size
+    if input_size != ResizeLongestSide.get_preprocess_shape(*original_size, img_size):
+        raise ValueError(f"input_size {input_size} is not that of a {original_size} image")
+    image_sha256 = meta.get("image_sha256", "")
+    if not isinstance(image_sha256, str):
+        raise ValueError(f"image_sha256 is {image_sha256!r}, not a string")
+    # Opened here: np.load leaks the file it opened when it is a damaged zip.
+    with open(npz, "rb") as f, np.load(f, allow_pickle=False) as data:
+        if data.files != ["features"]:
+            raise ValueError(f"the arrays are {data.files}, not ['features']")
+        features = data["features"].copy()
+    shape = (1, model.prompt_encoder.embed_dim, *model.prompt_encoder.image_embedding_size)
+    if features.dtype != np.float32 or features.shape != shape:
+        raise ValueError(f"the features are {features.dtype} {features.shape}, not float32 {shape}")
+    return Embedding(
+        features=torch.from_numpy(features).to(model.device),
+        original_size=original_size,
+        input_size=input_size,
+        key=key,
+        image_sha256=image_sha256,
+    )
+
+
+def _size(value: Any, name: str) -> tuple[int, int]:
+    """``value`` as an (int, int) size of positive integers, else ValueError naming ``name``."""
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(type(v) is int and v > 0 for v in value)
+    ):
+        raise ValueError(f"{name} is {value!r}, not two positive integers")
+    return (value[0], value[1])
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` of an exception, on one line."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())

@@ -3,7 +3,7 @@
 Label images, COCO RLE, CSV measurements, ImageJ ROIs, overlays, and the provenance that
 goes into ``params.json`` beside the recipe. :data:`EXPORTS` names every file.
 
-May import: samlib.errors, samlib.coords, samlib.records, samlib.image.
+May import: samlib.errors, samlib.files, samlib.coords, samlib.records, samlib.image.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import tifffile
 from PIL import Image
 
 from samlib.errors import ParameterError
+from samlib.files import write_atomic
 from samlib.image.microscopy import MicroscopyImage, as_image
 from samlib.outputs.measure import measure_records
 from samlib.outputs.provenance import now
@@ -46,7 +46,6 @@ __all__ = [
     "check_formats",
     "export_all",
     "export_makers",
-    "write_atomic",
     "write_exports",
 ]
 
@@ -319,15 +318,3 @@ def write_exports(
         write_atomic(path, content)
         written[fmt] = path
     return written
-
-
-def write_atomic(path: Path, content: bytes) -> None:
-    """Write ``content`` to ``path`` through a temporary file in the same folder."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
