@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import textwrap
@@ -156,3 +157,50 @@ def test_zip_that_is_not_a_checkpoint_refused(tmp_path):
 def test_weight_names_that_are_not_text_refused(tmp_path):
     torch.save({1: torch.zeros(2)}, tmp_path / "k.pt")
     _refused(tmp_path / "k.pt", "names that are not text")
+
+
+# -- atomic save ----------------------------------------------------------------------
+def test_failed_save_leaves_the_old_file_and_no_partial_one(tmp_path, tiny_sam):
+    path = models.save_checkpoint(tiny_sam, tmp_path / "m.pt", VIT_TINY)
+    before = path.read_bytes()
+    with pytest.raises(Exception, match="lambda"):  # pickling fails part-way through
+        models.save_checkpoint(tiny_sam, path, VIT_TINY, extra={"bad": lambda: 0})
+    assert sorted(os.listdir(tmp_path)) == ["m.pt"]
+    assert path.read_bytes() == before
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX file-size limits")
+def test_save_on_a_full_disk_leaves_the_old_file_and_no_partial_one(tmp_path, tiny_sam):
+    # A file-size limit makes writes past 64 KB fail as a full disk would (EFBIG).
+    path = models.save_checkpoint(tiny_sam, tmp_path / "m.pt", VIT_TINY)
+    before = path.read_bytes()
+    script = textwrap.dedent(
+        f"""
+        import resource, signal
+        import torch
+        from samlib.models.arch import VIT_TINY, build_sam
+        from samlib.models.checkpoints import save_checkpoint
+        model = build_sam(VIT_TINY)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
+        try:
+            save_checkpoint(model, {str(path)!r}, VIT_TINY)
+        except Exception as exc:
+            print("failed:", type(exc).__name__, exc)
+        else:
+            print("saved")
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.stdout.startswith("failed: CheckpointError could not write"), proc.stdout
+    assert len(proc.stdout.splitlines()) == 1, proc.stdout
+    assert sorted(os.listdir(tmp_path)) == ["m.pt"]
+    assert path.read_bytes() == before
+    assert models.load_model(path, "cpu").samlib_info.config == VIT_TINY

@@ -8,7 +8,7 @@ Nothing in a file is trusted: a file that is not a ``torch.save`` container, a c
 of the bounds in :mod:`samlib.models.arch`, a model of more than ``MAX_MODEL_NUMEL``
 numbers (counted on the meta device, before anything is allocated), weights whose names or
 shapes differ from the model's, and NaN or infinite weights are each refused with a
-one-line :class:`~samlib.errors.CheckpointError`.
+one-line :class:`~samlib.errors.CheckpointError`. Files are written atomically.
 
 Formats understood:
 
@@ -21,10 +21,12 @@ Formats understood:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
 import pickle
+import secrets
 from collections.abc import Mapping
 from importlib import import_module
 from pathlib import Path
@@ -314,7 +316,39 @@ def save_checkpoint(
         raise CheckpointError(f"the model's mask_threshold is {threshold}; it must be finite")
     if threshold != 0.0:
         payload["meta"]["mask_threshold"] = threshold
-    tmp = p.with_name(p.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, p)
+    _save_atomic(payload, p)
     return p
+
+
+def _save_atomic(payload: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, synced, then renamed over it.
+
+    A failure part-way (a full disk, an interrupt) removes the temporary file and leaves
+    whatever ``path`` held before. ``samlib.outputs.export.write_atomic`` does the same for
+    bytes in memory, but this subpackage may not import it, and a checkpoint is written
+    straight from its tensors rather than through a copy in memory.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        # torch reports a short write (a full disk) as a RuntimeError about file positions.
+        hint = " (a short write: is the disk full?)" if isinstance(exc, RuntimeError) else ""
+        raise CheckpointError(
+            f"could not write checkpoint {path}{hint}: {_first_line(exc)}"
+        ) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX only)
+        with contextlib.suppress(OSError):  # some file systems cannot sync a folder
+            fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
