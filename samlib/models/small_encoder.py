@@ -16,7 +16,8 @@ from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 from torch.nn import functional as F
 
-from samlib.models.arch import ENCODERS, SamConfig
+from samlib.errors import CheckpointError
+from samlib.models.arch import ENCODERS, INT_BOUNDS, SamConfig
 
 
 class _Block(nn.Module):
@@ -90,12 +91,32 @@ class SmallCNNEncoder(nn.Module):
 
 
 def build_cnn_encoder(cfg: SamConfig) -> nn.Module:
-    """Build a :class:`SmallCNNEncoder` from a config (``encoder="cnn"``, ``patch_size=4``)."""
+    """Build a :class:`SmallCNNEncoder` from a config (``encoder="cnn"``, ``patch_size=4``).
+
+    ``cfg.encoder_options`` may set ``widths`` (three multiples of 4, for the group norms)
+    and ``depth``; a config the encoder cannot honour raises :class:`CheckpointError`.
+    """
     opts = dict(cfg.encoder_options)
+    widths = opts.get("widths", (24, 48, 64))
+    depth = opts.get("depth", cfg.depth)
+    hi = INT_BOUNDS["embed_dim"][1]
+    if cfg.patch_size != 4:
+        raise CheckpointError(f"the CNN encoder needs patch_size 4, got {cfg.patch_size}")
+    if (
+        not isinstance(widths, (list, tuple))
+        or len(widths) != 3
+        or not all(type(w) is int and 4 <= w <= hi and w % 4 == 0 for w in widths)
+    ):
+        raise CheckpointError(
+            f"the CNN encoder needs three widths, multiples of 4 up to {hi}, got {widths!r}"
+        )
+    lo, hi = INT_BOUNDS["depth"]
+    if type(depth) is not int or not lo <= depth <= hi:
+        raise CheckpointError(f"the CNN encoder depth must be in {lo}..{hi}, got {depth!r}")
     return SmallCNNEncoder(
         img_size=cfg.img_size,
-        widths=tuple(opts.get("widths", (24, 48, 64))),
-        depth=int(opts.get("depth", cfg.depth)),
+        widths=tuple(widths),
+        depth=depth,
         out_chans=cfg.prompt_embed_dim,
     )
 
