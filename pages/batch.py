@@ -91,18 +91,33 @@ for r in outcome.report.results:
     if r.status == "failed":
         st.error(f"**{r.name}**: {r.error}")
 
+done = {r.name: Path(r.path).name for r in outcome.report.results if r.status == "done"}
+
+
+def open_image(name: str) -> None:
+    """Make image ``name`` of the batch the session's image and show it segmented."""
+    with state.guard("Opening the image"):
+        image = read_image(outcome.inputs[done[name]], name=done[name])
+        st.session_state[state.IMAGE] = prepare_image(image, recipe.image)
+        st.switch_page("pages/everything.py")
+
+
+clicked = []
 left, right = st.columns(2, gap="large")
 with left:
     fig = px.bar(outcome.summary, x="image", y="n_masks", title="Masks per image")
     fig.update_layout(height=320, margin=dict(l=0, r=0, t=40, b=0))
-    st.plotly_chart(fig, key="batch_counts")
+    event = st.plotly_chart(fig, key="batch_counts", on_select="rerun", selection_mode="points")
+    clicked += [pt.get("x") for pt in event.selection.points] if event else []
 with right:
     if len(outcome.objects):
         fig = px.box(
             outcome.objects, x="image", y="area", points="all", log_y=True, title="Mask areas (px)"
         )
         fig.update_layout(height=320, margin=dict(l=0, r=0, t=40, b=0))
-        st.plotly_chart(fig, key="batch_areas")
+        event = st.plotly_chart(fig, key="batch_areas", on_select="rerun", selection_mode="points")
+        clicked += [pt.get("x") for pt in event.selection.points] if event else []
+st.caption("Click a bar or a point to open that image on the Segment everything page.")
 table = outcome.summary.drop(columns=["path"])
 table["error"] = table["error"].astype("string").fillna("")
 st.dataframe(table, hide_index=True, key="batch_summary")
@@ -117,13 +132,11 @@ st.download_button(
     "objects.csv, summary.csv, manifest.json.",
 )
 
-done = {r.name: Path(r.path).name for r in outcome.report.results if r.status == "done"}
 if done:
     col, button = st.columns([3, 1], vertical_alignment="bottom")
     pick = col.selectbox("Open an image in the app", list(done), key="batch_open")
     if button.button("Open", key="batch_open_button"):
-        name = done[pick]
-        with state.guard("Opening the image"):
-            image = read_image(outcome.inputs[name], name=name)
-            st.session_state[state.IMAGE] = prepare_image(image, recipe.image)
-            st.switch_page("pages/everything.py")
+        open_image(pick)
+for name in clicked:
+    if name in done:
+        open_image(name)
