@@ -670,3 +670,20 @@ def test_batch_page_runs_the_everything_settings_over_samples(app_env):
     at.selectbox(key="batch_open").set_value("dsb2018_nuclei")
     at.button(key="batch_open_button").click().run()
     assert at.session_state[state.IMAGE].name == "dsb2018_nuclei.tif"
+
+
+def test_upload_of_a_tiff_with_two_series_shows_the_first_with_a_note(app_env):
+    first = np.arange(40 * 56, dtype=np.uint16).reshape(40, 56)
+    buf = io.BytesIO()
+    with tifffile.TiffWriter(buf) as w:
+        w.write(first, photometric="minisblack")
+        w.write(np.zeros((12, 20), np.uint16), photometric="minisblack")
+    at = new_app()
+    at.run()
+    at.radio(key="w_source_kind").set_value("Upload").run()
+    at.file_uploader(key="w_uploads").set_value(("two.tif", buf.getvalue(), "image/tiff")).run()
+    no_errors(at)
+    work = at.session_state[state.IMAGE]
+    np.testing.assert_array_equal(work.image.data[0, ..., 0], first)
+    notes = [m.value for m in at.markdown if "image series" in m.value]
+    assert len(notes) == 1 and "holds 2 image series" in notes[0] and "other 1" in notes[0]
