@@ -24,7 +24,8 @@ class CorruptImageError(ImageError):
 
 
 class ImageTooLargeError(ImageError):
-    """The image has more pixels than the configured limit (decompression-bomb guard)."""
+    """The image has more pixels (or a TIFF more pages) than the configured limit
+    (decompression-bomb guard)."""
 
 
 class ModelError(SamlibError):
@@ -78,3 +79,7 @@ class CacheWarning(UserWarning):
     An unreadable entry (truncated, bad CRC, wrong shape, broken metadata) is deleted and
     recomputed; a folder that cannot be written (read-only, full) keeps results in memory.
     """
+
+
+class ImageWarning(UserWarning):
+    """An image was read, but not all of it: e.g. a TIFF's other image series were dropped."""

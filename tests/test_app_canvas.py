@@ -8,8 +8,10 @@ from samlib.app.canvas import (
     FOREGROUND_COLOR,
     merge_prompts,
     prompts_from_canvas,
+    typed_box,
 )
 from samlib.coords import fit_width
+from samlib.errors import PromptError
 from samlib.prompts.objects import PromptSet
 
 
@@ -111,3 +113,13 @@ def test_canvas_fits_any_width_and_clicks_still_map_to_pixels(size, width, expec
     cx, cy = 100.5 * canvas[0] / size[0], 200.5 * canvas[1] / size[1]
     p = prompts_from_canvas({"objects": [point_object(cx, cy, FOREGROUND_COLOR)]}, canvas, size)
     np.testing.assert_allclose(p.points, [[100.5, 200.5]])
+
+
+def test_typed_box_reads_four_numbers_and_refuses_anything_else():
+    assert typed_box("10, 20.5; 30,40").boxes.tolist() == [[10.0, 20.5, 30.0, 40.0]]
+    for text in ("1, 2, 3", "1, 2, 3, 4, 5", "a, b, c, d", "", "nan, 1, 2, 3", "1, 2, inf, 4"):
+        with pytest.raises(PromptError, match="four numbers") as info:
+            typed_box(text)
+        assert repr(text) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(PromptError, match="x0 <= x1"):
+        typed_box("30, 20, 10, 40")

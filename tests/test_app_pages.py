@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -670,3 +671,66 @@ def test_batch_page_runs_the_everything_settings_over_samples(app_env):
     at.selectbox(key="batch_open").set_value("dsb2018_nuclei")
     at.button(key="batch_open_button").click().run()
     assert at.session_state[state.IMAGE].name == "dsb2018_nuclei.tif"
+
+
+def test_upload_of_a_tiff_with_two_series_shows_the_first_with_a_note(app_env):
+    first = np.arange(40 * 56, dtype=np.uint16).reshape(40, 56)
+    buf = io.BytesIO()
+    with tifffile.TiffWriter(buf) as w:
+        w.write(first, photometric="minisblack")
+        w.write(np.zeros((12, 20), np.uint16), photometric="minisblack")
+    at = new_app()
+    at.run()
+    at.radio(key="w_source_kind").set_value("Upload").run()
+    at.file_uploader(key="w_uploads").set_value(("two.tif", buf.getvalue(), "image/tiff")).run()
+    no_errors(at)
+    work = at.session_state[state.IMAGE]
+    np.testing.assert_array_equal(work.image.data[0, ..., 0], first)
+    notes = [m.value for m in at.markdown if "image series" in m.value]
+    assert len(notes) == 1 and "holds 2 image series" in notes[0] and "other 1" in notes[0]
+
+
+TYPED_BOX_SCRIPT = """
+import json
+import numpy as np
+from streamlit.testing.v1 import AppTest
+from samlib.app.session import prepare_image
+from samlib.image.microscopy import as_image
+from tests.conftest import make_disks
+from ui import state
+
+at = AppTest.from_file("app.py", default_timeout=120)
+img, _ = make_disks(shape=(96, 128), dtype=np.uint16)
+at.session_state[state.IMAGE] = prepare_image(as_image(img, name="disks.tif"))
+at.switch_page("pages/prompts.py").run()
+seen = []
+for text in ("1, 2, 3", "nan, 2, 30, 40", "10, 10, 60, 50"):
+    at.text_input(key="w_typed_box").set_value(text)
+    at.button(key="typed_add_box").click().run()
+    seen.append({
+        "errors": [e.value for e in at.error],
+        "exceptions": [e.value for e in at.exception],
+        "boxes": at.session_state["typed_prompts"].boxes.tolist(),
+    })
+print(json.dumps({"debug": __debug__, "seen": seen}))
+"""
+
+
+def test_typed_box_is_checked_under_python_optimize(app_env):
+    """``python -O`` drops asserts: the typed box must be checked by real code."""
+    run = subprocess.run(
+        [sys.executable, "-O", "-c", TYPED_BOX_SCRIPT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["debug"] is False
+    short, nan, good = result["seen"]
+    for bad, text in ((short, "1, 2, 3"), (nan, "nan, 2, 30, 40")):
+        assert bad["exceptions"] == [] and bad["boxes"] == []
+        assert [e for e in bad["errors"] if "four numbers" in e and text in e]
+    assert good["exceptions"] == [] and good["errors"] == []
+    assert good["boxes"] == [[10.0, 10.0, 60.0, 50.0]]

@@ -21,6 +21,14 @@ def test_ramp_maps_to_full_range(dtype):
     np.testing.assert_array_equal(rgb[0, :, 0], np.rint(np.arange(100) / 99 * 255))
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32, np.int64])
+def test_wide_integers_far_from_zero_keep_every_step(dtype):
+    ramp = np.tile(np.arange(0, 200, 2), (5, 1))
+    offset = 2**30 + 2**29  # float32 steps are 128 apart here
+    rgb = to_rgb8((ramp + offset).astype(dtype), percentiles=(0, 100))
+    np.testing.assert_array_equal(rgb, to_rgb8(ramp.astype(np.uint8), percentiles=(0, 100)))
+
+
 def test_percentiles_clip_outliers_per_channel():
     rng = np.random.default_rng(0)
     a = rng.normal(100, 10, size=(64, 64))
@@ -44,6 +52,54 @@ def test_nan_and_inf_are_safe():
     assert rgb[0, 0, 0] == 0 and rgb[0, 1, 0] == 255
     assert rgb[9, 9, 0] == 255 and rgb[0, 2, 0] < 10
     assert to_rgb8(np.full((4, 4), np.nan, np.float32)).max() == 0
+
+
+def _pattern(dtype) -> np.ndarray:
+    """A 32 x 32 image with values in [-1.99, 1.99): every pixel a different grey level."""
+    return np.random.default_rng(1).uniform(-1.99, 1.99, (32, 32)).astype(dtype)
+
+
+# Powers of two scale exactly, so the scaled image must give the very same pixels; the
+# largest reach the top of each dtype, where differences of two values overflow.
+@pytest.mark.parametrize(
+    ("dtype", "factor"),
+    [
+        (np.float64, 2.0**1000),  # about 1e301
+        (np.float64, 2.0**1023),  # values up to 3.6e308 apart
+        (np.float64, 2.0**-1000),  # about 1e-301
+        (np.float32, 2.0**127),  # values up to 6.8e38 apart
+        (np.float32, 2.0**-100),
+    ],
+)
+@pytest.mark.parametrize("percentiles", [(0, 100), (1, 99.8)])
+def test_huge_and_tiny_values_give_the_pattern_itself(dtype, factor, percentiles):
+    pattern = _pattern(dtype)
+    scaled = pattern * dtype(factor)
+    assert np.all(np.isfinite(scaled)) and np.all(scaled[pattern != 0] != 0)
+    expected = to_rgb8(pattern, percentiles=percentiles)
+    assert expected.min() == 0 and expected.max() == 255
+    np.testing.assert_array_equal(to_rgb8(scaled, percentiles=percentiles), expected)
+    lo, hi = channel_limits(scaled, percentiles)
+    assert np.isfinite(lo) and np.isfinite(hi) and lo < hi
+
+
+def test_values_near_1e300_keep_their_contrast():
+    pattern = _pattern(np.float64)
+    diff = to_rgb8(pattern * 1e300).astype(int) - to_rgb8(pattern)
+    assert np.abs(diff).max() <= 1  # 1e300 is not a power of two: rounding may differ by 1
+
+
+def test_nan_and_inf_leave_the_finite_pixels_contrast_alone():
+    pattern = _pattern(np.float64)
+    holes = pattern.copy()
+    holes[0, :4] = [np.nan, np.inf, -np.inf, np.nan]
+    finite = np.isfinite(holes)
+    expected = to_rgb8(np.where(finite, pattern, np.nan))  # the same finite pixels
+    assert expected[finite].std() > 50  # full contrast
+    for image in (holes, holes * 2.0**1000):
+        rgb = to_rgb8(image)
+        np.testing.assert_array_equal(rgb[finite], expected[finite])
+        assert rgb[0, :4, 0].tolist() == [0, 255, 0, 0]  # NaN black, +inf white, -inf black
 
 
 def test_channel_mapping_and_gamma():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -230,6 +232,33 @@ def test_progress_and_keys(sharp_sam):
 def test_bad_parameters_raise(sharp_sam, bad):
     with pytest.raises(ParameterError):
         segment_everything(sharp_sam, colored_disks(), **bad)
+
+
+FLOAT_PARAMS = [f.name for f in dataclasses.fields(GeneratorParams) if "float" in str(f.type)]
+
+
+@pytest.mark.parametrize("name", FLOAT_PARAMS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), np.float64("nan")])
+def test_non_finite_generator_parameters_raise(name, bad):
+    assert len(FLOAT_PARAMS) == 6
+    with pytest.raises(ParameterError, match=rf"^{name} must be in .*, got ") as info:
+        GeneratorParams(**{name: bad})
+    assert "\n" not in str(info.value)
+    with pytest.raises(ParameterError, match=name):
+        GeneratorParams().replace(**{name: bad})
+
+
+@pytest.mark.parametrize("name", ["iou_floor", "stability_floor"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), np.float32("nan"), 1.5])
+@pytest.mark.parametrize("fast", [False, True])
+def test_non_finite_or_out_of_range_decode_floors_raise(tiny_sam, name, bad, fast):
+    params = GeneratorParams(points_per_side=2)
+    with pytest.raises(ParameterError, match=rf"^{name} must be in \[0.0, 1.0\], got ") as info:
+        generate_candidates(tiny_sam, colored_disks(), params, fast=fast, **{name: bad})
+    assert "\n" not in str(info.value)
+    if not fast:
+        with pytest.raises(ParameterError, match=name):
+            decode_candidates(tiny_sam, colored_disks(), params, **{name: bad})
 
 
 def test_bad_image_raises(sharp_sam):

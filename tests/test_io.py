@@ -18,9 +18,11 @@ from samlib.errors import (
     CorruptImageError,
     ImageError,
     ImageTooLargeError,
+    ImageWarning,
     ParameterError,
     UnsupportedImageError,
 )
+from samlib.image import tiff
 from samlib.image.display import to_rgb8
 from samlib.image.io import read_image
 from samlib.image.microscopy import as_image, guess_axes, image_hash
@@ -209,6 +211,72 @@ def test_refuses_too_large_before_decoding():
         read_image(png, max_pixels=9_999)
     with pytest.raises(ParameterError):
         read_image(png, max_pixels=0)
+
+
+class _CountingFile(io.BytesIO):
+    """An in-memory binary file that counts the bytes read from it."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.bytes_read = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        out = super().read(size)
+        self.bytes_read += len(out)
+        return out
+
+    def readinto(self, buffer) -> int:
+        n = super().readinto(buffer)
+        self.bytes_read += n
+        return n
+
+
+def _one_pixel_pages(n: int) -> bytes:
+    """A TIFF of ``n`` one-pixel pages, one IFD each, read as one series of ``n`` planes."""
+    buf = io.BytesIO()
+    with tifffile.TiffWriter(buf) as w:
+        for i in range(n):
+            w.write(np.full((1, 1), i % 251, np.uint8), photometric="minisblack", metadata=None)
+    return buf.getvalue()
+
+
+def test_tiff_pages_beyond_the_cap_refused_before_reading_them(monkeypatch):
+    monkeypatch.setattr(tiff, "MAX_TIFF_PAGES", 1000)
+    at_cap = read_image(_one_pixel_pages(1000))
+    assert at_cap.n_planes == 1000 and at_cap.data[250, 0, 0, 0] == 250 % 251
+    raw = _one_pixel_pages(5000)
+    stream = _CountingFile(raw)
+    with pytest.raises(ImageTooLargeError, match=r"stack\.tif: .*more than 1,000 pages") as info:
+        read_image(stream, name="stack.tif")
+    assert "\n" not in str(info.value)
+    # Only the chain of page headers up to the cap was walked: a fraction of the file.
+    assert stream.bytes_read < len(raw) / 4
+
+
+def test_tiff_with_two_series_reads_the_first_warns_and_reads_another_on_request():
+    first = _stack(n_planes=2, n_channels=1)[..., 0]  # (2, 40, 56) uint16
+    second = np.arange(12 * 20, dtype=np.uint16).reshape(12, 20)
+    buf = io.BytesIO()
+    with tifffile.TiffWriter(buf) as w:
+        w.write(first, photometric="minisblack", metadata={"axes": "ZYX"})
+        w.write(second, photometric="minisblack")
+    raw = buf.getvalue()
+    with tifffile.TiffFile(io.BytesIO(raw)) as tif:
+        assert len(tif.series) == 2
+    with pytest.warns(ImageWarning, match=r"two\.tif: .* 2 image series.*other 1.*series=") as info:
+        img = read_image(raw, name="two.tif")
+    assert len(info) == 1 and "\n" not in str(info[0].message)
+    np.testing.assert_array_equal(img.data[..., 0], first)
+    assert img.metadata["n_series"] == 2 and img.metadata["series"] == 0
+    other = read_image(raw, series=1)  # asked for: no warning (warnings are errors here)
+    np.testing.assert_array_equal(other.data[0, ..., 0], second)
+    assert other.metadata["series"] == 1
+    with pytest.raises(ParameterError, match="series 2 does not exist, the TIFF holds 2"):
+        read_image(raw, series=2)
+    with pytest.raises(ParameterError, match="series must be an integer"):
+        read_image(raw, series=-1)
+    with pytest.raises(ParameterError, match="series can only be given for TIFF"):
+        read_image(_pil_bytes(np.zeros((8, 8), np.uint8), "PNG"), series=0)
 
 
 def test_zero_size_axis_refused():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -16,7 +17,15 @@ from samlib.image.display import DisplaySettings
 from samlib.image.microscopy import as_image
 from samlib.models.embeddings import compute_embedding
 from samlib.prompts.objects import PromptSet, predict_candidates
-from samlib.recipe import Recipe, Tiling, check_model, read_recipe, replay, replay_everything
+from samlib.recipe import (
+    LiveFilters,
+    Recipe,
+    Tiling,
+    check_model,
+    read_recipe,
+    replay,
+    replay_everything,
+)
 from samlib.records.masks import labels_from_records
 from samlib.tiling.prompts import TiledEmbeddings, predict_candidates_tiled
 from tests.test_everything import colored_disks
@@ -206,3 +215,15 @@ def test_a_model_with_other_weights_is_warned_about(tiny_sam, work):
     other = Recipe.from_dict({**recipe.to_dict(), "model": {"name": "m", "sha256": "b" * 64}})
     with pytest.warns(ModelMismatchWarning, match="not those the recipe was made with"):
         assert check_model(other, model)
+
+
+LIVE_FLOATS = [f.name for f in dataclasses.fields(LiveFilters) if "float" in str(f.type)]
+
+
+@pytest.mark.parametrize("name", LIVE_FLOATS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_live_filters_raise(name, bad):
+    assert len(LIVE_FLOATS) == 6
+    with pytest.raises(RecipeError, match=rf"filters\.{name} must be a finite number") as info:
+        LiveFilters(**{name: bad})
+    assert "\n" not in str(info.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,7 @@ import streamlit as st
 
 from samlib.app.session import WorkImage, prepare_image
 from samlib.datasets import samples
+from samlib.errors import ImageWarning
 from samlib.image.display import MAX_PROJECTION, DisplaySettings
 from samlib.image.io import read_image
 from samlib.image.microscopy import MicroscopyImage
@@ -41,8 +43,23 @@ def _read_upload(upload) -> Source | None:
     key = f"{upload.name}:{hashlib.sha256(upload.getvalue()).hexdigest()[:16]}"
     if key not in uploads:
         with state.guard(f"Reading {upload.name}"):
-            uploads[key] = Source(read_image(upload, name=upload.name))
+            uploads[key] = _read_noted(upload)
     return uploads.get(key)
+
+
+def _read_noted(upload) -> Source:
+    """Read an upload; what the reader warns about (e.g. dropped TIFF series) becomes a note
+    shown under the preview, for as long as the image is in use."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ImageWarning)
+        image = read_image(upload, name=upload.name)
+    notes = []
+    for w in caught:
+        if issubclass(w.category, ImageWarning):
+            notes.append(f"**Note:** {w.message}")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return Source(image, description="\n\n".join(notes))
 
 
 def source_ui() -> Source | None:

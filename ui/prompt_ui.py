@@ -14,8 +14,10 @@ from samlib.app.canvas import (
     FOREGROUND_COLOR,
     merge_prompts,
     prompts_from_canvas,
+    typed_box,
 )
 from samlib.app.session import WorkImage
+from samlib.errors import PromptError
 from samlib.outputs import overlay
 from samlib.prompts.objects import PromptSet
 from ui import state
@@ -123,12 +125,9 @@ def typed_prompts_ui(work: WorkImage) -> PromptSet:
         box = st.text_input("Box x0, y0, x1, y1", key="w_typed_box")
         if b[1].button("Add box", key="typed_add_box") and box:
             try:
-                vals = [float(v) for v in box.replace(";", ",").split(",")]
-                assert len(vals) == 4
-            except (ValueError, AssertionError):
-                st.error(f"A box is four numbers x0, y0, x1, y1; got {box!r}.")
-            else:
-                typed = merge_prompts(typed, PromptSet(boxes=np.array([vals])))
+                typed = merge_prompts(typed, typed_box(box))
+            except PromptError as exc:
+                st.error(str(exc))
         if b[2].button("Forget typed prompts", key="typed_clear"):
             typed = PromptSet()
     st.session_state["typed_prompts"] = typed

@@ -13,6 +13,7 @@ from samlib.app.canvas import (
     FOREGROUND_COLOR,
     merge_prompts,
     prompts_from_canvas,
+    typed_box,
 )
 from samlib.app.everything_run import (
     EverythingRun,
@@ -40,6 +41,7 @@ __all__ = [
     "FOREGROUND_COLOR",
     "merge_prompts",
     "prompts_from_canvas",
+    "typed_box",
     "EverythingRun",
     "area_filter",
     "refilter_run",

@@ -1,4 +1,4 @@
-"""Prompts drawn on a drawing canvas (Fabric.js JSON), turned into SAM prompts.
+"""Prompts drawn on a drawing canvas (Fabric.js JSON) or typed, turned into SAM prompts.
 
 ``streamlit-drawable-canvas`` returns the drawing as Fabric.js JSON: a point is a
 ``Circle`` whose position is given by its origin corner, a box is a ``Rect`` whose
@@ -10,12 +10,14 @@ No UI code here: the Streamlit page passes the JSON in and gets arrays out.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from samlib import coords
+from samlib.errors import PromptError
 from samlib.prompts.objects import PromptSet
 
 #: Stroke colours the UI uses for the three tools; the label is read back from them.
@@ -110,3 +112,23 @@ def merge_prompts(a: PromptSet, b: PromptSet) -> PromptSet:
         labels=np.concatenate([a.labels, b.labels]).astype(int),
         boxes=np.concatenate([a.boxes, b.boxes]),
     )
+
+
+def typed_box(text: str) -> PromptSet:
+    """A box typed as ``"x0, y0, x1, y1"`` (image pixels, XYXY; commas or semicolons).
+
+    Raises :class:`~samlib.errors.PromptError` unless the text is four finite numbers with
+    ``x0 <= x1`` and ``y0 <= y1``.
+    """
+    try:
+        values = [float(v) for v in str(text).replace(";", ",").split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise PromptError(
+            f"A box is four numbers x0, y0, x1, y1, none NaN or infinite; got {text!r}."
+        )
+    x0, y0, x1, y1 = values
+    if x1 < x0 or y1 < y0:
+        raise PromptError(f"A box needs x0 <= x1 and y0 <= y1; got {text!r}.")
+    return PromptSet(boxes=np.array([values], dtype=float))

@@ -31,7 +31,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from samlib.decoding.decoder import PointDecoder
 from samlib.everything.crops import crop_layout, iter_crops
-from samlib.everything.params import GeneratorParams
+from samlib.everything.params import GeneratorParams, check_floor
 from samlib.records.rle import encode
 from samlib.workspace import buffer, workspace
 
@@ -184,6 +184,8 @@ def decode_candidates(
     iou_floor = min(DEFAULT_IOU_FLOOR, params.pred_iou_thresh) if iou_floor is None else iou_floor
     if stability_floor is None:
         stability_floor = min(DEFAULT_STABILITY_FLOOR, params.stability_score_thresh)
+    iou_floor = check_floor("iou_floor", iou_floor)
+    stability_floor = check_floor("stability_floor", stability_floor)
     h, w = rgb8.shape[:2]
     layout = crop_layout((h, w), params)
     total = layout.n_points

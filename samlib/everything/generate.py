@@ -38,7 +38,7 @@ from samlib.everything.candidates import (
     decode_candidates,
 )
 from samlib.everything.fastmode import fast_candidates
-from samlib.everything.params import OUTPUT_MODES, PARAM_HELP, GeneratorParams
+from samlib.everything.params import OUTPUT_MODES, PARAM_HELP, GeneratorParams, check_floor
 from samlib.everything.refilter import refilter
 from samlib.image.display import check_rgb8
 
@@ -94,6 +94,9 @@ def generate_candidates(
     """
     params = params or GeneratorParams()
     rgb8 = check_rgb8(rgb8)
+    for name, floor in (("iou_floor", iou_floor), ("stability_floor", stability_floor)):
+        if floor is not None:
+            check_floor(name, floor)  # refused in fast mode too, which has no use for them
     if fast:
         return fast_candidates(model, rgb8, params, embedding=embedding, progress=progress)
     return decode_candidates(

@@ -171,3 +171,13 @@ def _validate(p: GeneratorParams) -> None:
                 raise ParameterError(f"point_grids[{i}] must be (N, 2) XY, got shape {g.shape}")
             if not np.all(np.isfinite(g)) or g.min() < 0 or g.max() > 1:
                 raise ParameterError(f"point_grids[{i}] must lie in [0, 1] (normalised XY)")
+
+
+def check_floor(name: str, value: Any) -> float:
+    """Return a decode floor (``iou_floor`` or ``stability_floor``) as a float in [0, 1].
+
+    :class:`ParameterError` for anything else, NaN and infinity included: a NaN floor
+    would compare false with every threshold and let any of them through unchecked.
+    """
+    _float(name, value, 0.0, 1.0)
+    return float(value)

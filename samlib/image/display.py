@@ -78,32 +78,50 @@ def check_percentiles(percentiles: Sequence[float]) -> tuple[float, float]:
 def channel_limits(channel: np.ndarray, percentiles: Sequence[float]) -> tuple[float, float]:
     """Return the intensity values at the given percentiles of one channel's finite pixels.
 
-    NaN and +-inf are ignored; a channel without finite pixels gives ``(0.0, 0.0)``.
+    NaN and +-inf are ignored; a channel without finite pixels gives ``(0.0, 0.0)``. The
+    limits are finite for any finite values, those near the dtype's largest included.
     """
     lo, hi = check_percentiles(percentiles)
     values = channel[np.isfinite(channel)] if channel.dtype.kind == "f" else channel.ravel()
     if values.size == 0:
         return 0.0, 0.0
-    vmin, vmax = np.percentile(values, [lo, hi])
-    return float(vmin), float(vmax)
+    with np.errstate(over="ignore", invalid="ignore"):
+        limits = np.percentile(values, [lo, hi])
+        if not np.all(np.isfinite(limits)):
+            # Interpolating between two neighbours overflowed (values near the dtype's
+            # largest, e.g. -3e38 and 3e38 in float32): halving every value is exact.
+            limits = np.percentile(values * 0.5, [lo, hi]).astype(np.float64) * 2.0
+    return float(limits[0]), float(limits[1])
 
 
 def scale_to_uint8(channel: np.ndarray, vmin: float, vmax: float, gamma: float = 1.0) -> np.ndarray:
     """Map ``[vmin, vmax]`` linearly to ``[0, 255]`` (clipped), then apply ``gamma``.
 
     ``out = 255 * ((x - vmin) / (vmax - vmin)) ** gamma``; gamma < 1 brightens faint
-    structures. NaN maps to 0. When ``vmax <= vmin`` (a flat channel) pixels above ``vmin``
-    become 255 and the rest 0.
+    structures. NaN maps to 0, +inf to 255 and -inf to 0. When ``vmax <= vmin`` (a flat
+    channel) pixels above ``vmin`` become 255 and the rest 0.
+
+    Dtypes of at most 16 bits are scaled in float32, which holds their values and
+    differences exactly; wider ones (float32, float64, 32/64-bit integers) in float64, so
+    that values of any magnitude (1e300 included) keep their contrast.
     """
-    x = channel.astype(np.float32, copy=False)
-    if vmax > vmin:
-        scaled = (x - np.float32(vmin)) / np.float32(vmax - vmin)
+    work = np.float32 if channel.dtype.itemsize <= 2 else np.float64
+    low, high = work(vmin), work(vmax)
+    if high > low:
+        scaled = channel.astype(work)  # one working copy, scaled in place
+        with np.errstate(over="ignore", invalid="ignore"):
+            if not np.isfinite(high - low):
+                # float64 data spanning most of +-1.8e308: halving every value is exact.
+                scaled *= 0.5
+                low, high = low * work(0.5), high * work(0.5)
+            scaled -= low
+            scaled /= high - low
     else:
-        scaled = (x > vmin).astype(np.float32)
-    scaled = np.nan_to_num(scaled, nan=0.0, posinf=1.0, neginf=0.0)
+        scaled = (channel > low).astype(work)
+    np.nan_to_num(scaled, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
     np.clip(scaled, 0.0, 1.0, out=scaled)
     if gamma != 1.0:
-        np.power(scaled, np.float32(gamma), out=scaled)
+        np.power(scaled, work(gamma), out=scaled)
     return np.rint(scaled * 255.0).astype(np.uint8)
 
 
@@ -128,7 +146,8 @@ def to_rgb8(
         integer shows that channel in grey.
     percentiles : (low, high)
         Percentiles of each source channel (finite pixels only) mapped to 0 and 255.
-        ``(0, 100)`` is plain min-max scaling.
+        ``(0, 100)`` is plain min-max scaling. NaN pixels show as 0, +inf as 255 and
+        -inf as 0; they never move the limits.
     gamma : float
         Exponent applied after scaling, within ``GAMMA_RANGE``; < 1 brightens.
     plane : int or "max"

@@ -81,6 +81,7 @@ def read_image(
     name: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     axes: str | None = None,
+    series: int | None = None,
 ) -> MicroscopyImage:
     """Read a PNG, JPEG, BMP or TIFF image into the canonical ``(planes, Y, X, C)`` layout.
 
@@ -97,6 +98,10 @@ def read_image(
         Override the axis interpretation of a TIFF (one letter per stored axis, tifffile
         style, e.g. ``"ZCYX"``, ``"CYX"``, ``"YXC"``, ``"TYX"``). By default the file's
         metadata is used, and :func:`samlib.image.microscopy.guess_axes` where it has none.
+    series : int, optional
+        Which image series of a TIFF to read (tifffile's order, 0 = the first; e.g. the
+        images of an OME-TIFF, or runs of pages of different shapes). By default the first,
+        with an :class:`~samlib.errors.ImageWarning` naming how many others the file holds.
 
     Returns
     -------
@@ -111,7 +116,8 @@ def read_image(
     UnsupportedImageError
         Not a PNG/JPEG/BMP/TIFF, or an unsupported pixel type.
     ImageTooLargeError
-        More than ``max_pixels`` elements.
+        More than ``max_pixels`` elements, or a TIFF with more than
+        :data:`samlib.image.tiff.MAX_TIFF_PAGES` pages.
     """
     if (
         isinstance(max_pixels, bool)
@@ -119,6 +125,11 @@ def read_image(
         or max_pixels < 1
     ):
         raise ParameterError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    if series is not None and (
+        isinstance(series, bool) or not isinstance(series, int | np.integer) or series < 0
+    ):
+        raise ParameterError(f"series must be an integer >= 0, got {series!r}")
+    series = None if series is None else int(series)
     stream, label, owned = _open_source(source, name)
     try:
         head = stream.read(8)
@@ -131,10 +142,13 @@ def read_image(
                 f"{label}: not a PNG, JPEG, BMP or TIFF file (starts with {head[:4]!r})"
             )
         if fmt == "TIFF":
-            array, found_axes, pixel_size, meta = read_tiff(stream, label, max_pixels)
+            array, found_axes, pixel_size, meta = read_tiff(stream, label, max_pixels, series)
         else:
-            if axes is not None:
-                raise ParameterError(f"axes can only be given for TIFF files, {label} is {fmt}")
+            for option, value in (("axes", axes), ("series", series)):
+                if value is not None:
+                    raise ParameterError(
+                        f"{option} can only be given for TIFF files, {label} is {fmt}"
+                    )
             array, found_axes, pixel_size, meta = _read_pillow(stream, label, max_pixels)
     finally:
         if owned:

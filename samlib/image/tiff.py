@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from typing import IO
 
 import numpy as np
@@ -12,10 +13,17 @@ import tifffile
 from samlib.errors import (
     CorruptImageError,
     ImageTooLargeError,
+    ImageWarning,
+    ParameterError,
     SamlibError,
     UnsupportedImageError,
 )
 from samlib.image.microscopy import check_size, guess_axes
+
+#: Most pages (IFDs) a TIFF may have. Every page costs a parse however few pixels it holds,
+#: and grouping pages into series grows with the square of their number
+#: (benchmarks/README.md, "TIFF pages"); 4,096 pages of 256 x 256 reach the pixel limit.
+MAX_TIFF_PAGES = 4096
 
 #: tifffile's letters for axes it could not name; we guess these from the shape.
 _UNKNOWN_AXES = frozenset("QI")
@@ -83,25 +91,54 @@ def _pixel_size_um(tif: tifffile.TiffFile) -> float | None:
     return None
 
 
-def read_tiff(stream: IO[bytes], label: str, max_pixels: int):
-    """Read the first series of a TIFF; return ``(array, axes, pixel_size_um, metadata)``."""
+def _check_pages(tif: tifffile.TiffFile, label: str) -> None:
+    """Refuse a TIFF with more than :data:`MAX_TIFF_PAGES` pages.
+
+    Walks the chain of page offsets no further than the first page past the limit, and
+    decodes no pixels.
+    """
+    limit = MAX_TIFF_PAGES
+    try:
+        tif.pages.get(limit)  # the page after the limit (0-based): IndexError if absent
+    except IndexError:
+        return
+    raise ImageTooLargeError(
+        f"{label}: the TIFF has more than {limit:,} pages, the most samlib reads; "
+        "save fewer planes per file"
+    )
+
+
+def read_tiff(stream: IO[bytes], label: str, max_pixels: int, series: int | None = None):
+    """Read one image series of a TIFF; return ``(array, axes, pixel_size_um, metadata)``.
+
+    ``series`` picks the series (tifffile's order); ``None`` reads the first and warns with
+    :class:`~samlib.errors.ImageWarning` when the file holds others.
+    """
     capture = _Capture()
     logger = logging.getLogger("tifffile")
     logger.addHandler(capture)
     try:
         with tifffile.TiffFile(stream) as tif:
-            if not tif.series:
+            _check_pages(tif, label)
+            n_series = len(tif.series)
+            if not n_series:
                 raise CorruptImageError(f"{label}: the TIFF contains no image data")
-            series = tif.series[0]
-            shape = tuple(int(s) for s in series.shape)
-            dtype = np.dtype(series.dtype)
+            index = 0 if series is None else series
+            if not 0 <= index < n_series:
+                raise ParameterError(
+                    f"{label}: series {index} does not exist, the TIFF holds {n_series} "
+                    f"(0 to {n_series - 1})"
+                )
+            chosen = tif.series[index]
+            shape = tuple(int(s) for s in chosen.shape)
+            dtype = np.dtype(chosen.dtype)
             if dtype.kind not in "uifb":
                 raise UnsupportedImageError(f"{label}: unsupported TIFF pixel type {dtype}")
             check_size(shape, label, max_pixels)
-            array = series.asarray(maxworkers=1)
-            axes = _axes(series.axes, shape)
+            array = chosen.asarray(maxworkers=1)
+            axes = _axes(chosen.axes, shape)
             pixel_size = _pixel_size_um(tif)
-            meta = {"tiff_axes": series.axes, "n_series": len(tif.series)}
+            meta = {"tiff_axes": chosen.axes, "n_series": n_series, "series": index}
     except SamlibError:
         raise
     except MemoryError as exc:
@@ -117,4 +154,13 @@ def read_tiff(stream: IO[bytes], label: str, max_pixels: int):
         raise CorruptImageError(f"{label}: the TIFF is damaged or truncated ({damaged[0]})")
     if array.shape != shape:
         raise CorruptImageError(f"{label}: decoded shape {array.shape} differs from header {shape}")
+    if series is None and n_series > 1:
+        warnings.warn(
+            ImageWarning(
+                f"{label}: the TIFF holds {n_series} image series; read the first "
+                f"({'x'.join(map(str, shape))} {chosen.axes}) and dropped the other "
+                f"{n_series - 1} (read_image(..., series=N) reads another)"
+            ),
+            stacklevel=3,
+        )
     return array, axes, pixel_size, meta
