@@ -78,3 +78,8 @@ class CacheWarning(UserWarning):
     An unreadable entry (truncated, bad CRC, wrong shape, broken metadata) is deleted and
     recomputed; a folder that cannot be written (read-only, full) keeps results in memory.
     """
+
+
+class QuotaError(SamlibError):
+    """A session asked the server to keep more than its share (uploaded checkpoints: how many
+    files, or how many bytes together), as set by the person who started the server."""
