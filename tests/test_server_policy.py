@@ -225,6 +225,18 @@ def test_the_quota_refuses_one_upload_too_many_in_one_line(server_env, tmp_path)
     assert sorted(p.name.split("-")[0] for p in kept) == ["model0", "model1"]
 
 
+def test_uploads_that_sessions_left_behind_are_deleted_when_the_app_starts(server_env, tmp_path):
+    uploads = tmp_path / "cache" / "uploads"
+    left, recent = uploads / TOKEN_A, uploads / TOKEN_B
+    for folder in (left, recent):
+        folder.mkdir(parents=True)
+        (folder / "weights.pt").write_bytes(b"w")
+    two_days_ago = time.time() - 48 * 3600
+    os.utime(left, (two_days_ago, two_days_ago))
+    no_errors(new_app().run())
+    assert not left.exists() and (recent / "weights.pt").is_file()
+
+
 def test_the_picker_and_system_check_never_show_the_checkpoint_folder(
     server_env, tiny_checkpoint, tmp_path
 ):

@@ -52,7 +52,7 @@ def session_uploads(policy: ServerPolicy) -> SessionUploads:
 
 @st.cache_resource(show_spinner=False)
 def _prune_at_start(root: str, idle_hours: float) -> None:
-    """Once per server process: delete the uploads of sessions that ended long ago."""
+    """Once per server process (its first picker): delete uploads that sessions left behind."""
     prune_idle_uploads(root, idle_hours)
 
 
@@ -86,7 +86,6 @@ def _registry_ui(name: str) -> None:
 def _upload_ui(uploads: SessionUploads) -> str | None:
     """The checkpoint uploader; return the kept file of the upload it holds, or None."""
     cap = uploads.policy
-    _prune_at_start(str(uploads.root), cap.idle_hours)
     upload = st.file_uploader(
         "...or upload a checkpoint (.pth / .pt)",
         type=["pth", "pt"],
@@ -172,6 +171,7 @@ def _switches_caption(policy: ServerPolicy) -> None:
 def model_picker_ui() -> str:
     """Pick the session's model; return its registry name or checkpoint path."""
     policy = server_policy()
+    _prune_at_start(str(cache_dir() / "uploads"), policy.idle_hours)
     current = state.model_name()
     options = list(REGISTRY)
     if current not in options:
