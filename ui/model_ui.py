@@ -83,11 +83,11 @@ def _registry_ui(name: str) -> None:
             st.rerun()
 
 
-def _upload_ui(uploads: SessionUploads) -> str | None:
+def _upload_ui(uploads: SessionUploads, label: str) -> str | None:
     """The checkpoint uploader; return the kept file of the upload it holds, or None."""
     cap = uploads.policy
     upload = st.file_uploader(
-        "...or upload a checkpoint (.pth / .pt)",
+        label,
         type=["pth", "pt"],
         key=f"w_ckpt_up_{st.session_state.get(_ROUND, 0)}",
         help=f"Kept for this browser tab only: at most {cap.max_uploads} file(s) and "
@@ -138,7 +138,8 @@ def _custom_ui(policy: ServerPolicy) -> str | None:
             "detected from the weights.",
         )
     if policy.checkpoint_uploads:
-        kept = _upload_ui(uploads)
+        label = "...or upload a checkpoint" if policy.server_paths else "Upload a checkpoint"
+        kept = _upload_ui(uploads, label + " (.pth / .pt)")
         if kept is not None:
             return kept
     if path:
