@@ -1,11 +1,16 @@
-"""System check (workshop chapter 2): versions, device, memory, checkpoints, self-test."""
+"""System check (workshop chapter 2): versions, device, memory, checkpoints, self-test.
+
+A shared server's visitors see the checkpoints by name, size and whether they are cached,
+never the folders they live in (``samlib check`` shows those to the server's owner), and
+which switches the owner turned on.
+"""
 
 import pandas as pd
 import streamlit as st
 
 from samlib.app import selftest
-from samlib.models.loading import cache_dir
-from ui import state
+from samlib.app.server import model_label
+from ui import model_ui, state
 
 st.title("System check")
 st.caption("Workshop chapter 2: is everything SAM needs installed, and where are the models?")
@@ -32,15 +37,24 @@ with right:
 
 st.subheader("Checkpoints")
 st.markdown(
-    f"Downloaded checkpoints live in `{cache_dir()}` (set `SAMLIB_CACHE_DIR` to move it). "
-    "To install one offline, copy the file there under the name shown in *path*."
+    "Downloaded checkpoints live in the `checkpoints` folder of samlib's cache on the server "
+    "(`samlib check` prints where; `SAMLIB_CACHE_DIR` moves it). To install one offline, copy "
+    "the file there under the name shown in *file*."
 )
-st.dataframe(pd.DataFrame(selftest.checkpoint_table()), hide_index=True, width="stretch")
+st.dataframe(pd.DataFrame(selftest.checkpoint_table(paths=False)), hide_index=True, width="stretch")
 cache = state.embedding_cache()
 st.caption(
-    f"This session uses: **{state.model_name()}**. Image embeddings are cached in memory "
-    f"({len(cache)} now) and in `{cache.directory}`, so reopening an image never re-encodes it."
+    f"This session uses: **{model_label(state.model_name())}**. Image embeddings are cached in "
+    f"memory ({len(cache)} now) and on the server's disk, so reopening an image never "
+    "re-encodes it."
 )
+
+st.subheader("Server settings")
+st.markdown(
+    "What visitors of this server may do, as set by the person who started it (with these "
+    "environment variables)."
+)
+st.dataframe(pd.DataFrame(model_ui.server_policy().settings()), hide_index=True, width="stretch")
 
 st.subheader("Self-test")
 st.markdown(

@@ -83,3 +83,8 @@ class CacheWarning(UserWarning):
 
 class ImageWarning(UserWarning):
     """An image was read, but not all of it: e.g. a TIFF's other image series were dropped."""
+
+
+class QuotaError(SamlibError):
+    """A session asked the server to keep more than its share (uploaded checkpoints: how many
+    files, or how many bytes together), as set by the person who started the server."""

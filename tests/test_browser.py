@@ -261,6 +261,7 @@ def test_workshop_in_the_browser(page, checkpoint, tmp_path):
     # -- Image & model: the default sample is shown with its preview -----------------------
     pg.get_by_text("What SAM sees: dsb2018").wait_for()
     shot(pg, "home", height=1150)
+    assert_no_server_folders(pg, checkpoint)
 
     # -- uploads: a damaged file is explained, a 16-bit 2-channel TIFF is shown ------------
     pg.get_by_text("Upload", exact=True).click()
@@ -288,6 +289,7 @@ def test_workshop_in_the_browser(page, checkpoint, tmp_path):
     pg.get_by_role("button", name="Run self-test").click()
     pg.get_by_text("stages passed").wait_for()
     shot(pg, "system_check")
+    assert_no_server_folders(pg, checkpoint)
 
     # -- Segment everything: small grid, floors at 0, run, then live filters --------------
     go(pg, "Segment everything", "Segment everything")
@@ -423,6 +425,12 @@ def test_workshop_in_the_browser(page, checkpoint, tmp_path):
     other.get_by_text("No image yet").wait_for()
     assert other.get_by_text("Objects:").count() == 0
     other.context.close()
+
+
+def assert_no_server_folders(pg, checkpoint: Path) -> None:
+    """The page shows neither the checkpoint's folder nor the temporary cache folder."""
+    text = pg.locator("body").inner_text()
+    assert str(checkpoint.parent) not in text and "/tmp/" not in text
 
 
 def prompt_table(pg) -> list[list]:

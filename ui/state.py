@@ -18,6 +18,7 @@ from typing import Any
 import streamlit as st
 
 from samlib import errors
+from samlib.app.server import model_label, without_folder
 from samlib.app.session import WorkImage, estimate_encode_seconds
 from samlib.models.embeddings import Embedding, EmbeddingCache, embedding_key
 from samlib.models.loading import cache_dir, default_model_name, load_model, pick_device
@@ -38,7 +39,7 @@ _HINTS: list[tuple[type[BaseException], str]] = [
     (
         errors.DownloadError,
         "Check the internet connection, or copy the checkpoint file into the cache folder "
-        "shown on the System check page.",
+        "on the server (`samlib check` prints where).",
     ),
     (
         errors.ModelNotDownloadedError,
@@ -137,11 +138,13 @@ def _load(name_or_path: str, device: str, stamp: tuple[str, float]) -> Any:
 def get_model(name_or_path: str | None = None) -> Any:
     """Load (once per process) and return the chosen model; on failure show why and stop."""
     name = name_or_path or model_name()
+    label = model_label(name)  # visitors see no folder of the server
     try:
-        with st.spinner(f"Loading model {name} (once per server)..."):
+        with st.spinner(f"Loading model {label} (once per server)..."):
             return _load(name, str(pick_device()), _stamp(name))
     except errors.SamlibError as exc:
-        st.error(f"**The model {name!r} cannot be used.** {exc}\n\n{hint_for(exc)}")
+        reason = without_folder(str(exc), name)
+        st.error(f"**The model {label!r} cannot be used.** {reason}\n\n{hint_for(exc)}")
         st.page_link("pages/home.py", label="Choose a model", icon=":material/arrow_back:")
         st.stop()
 

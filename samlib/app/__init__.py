@@ -1,6 +1,7 @@
 """The UI-free models of the Streamlit pages.
 
-A user's image and settings, runs, prompted objects, results and their recipes.
+A user's image and settings, runs, prompted objects, results and their recipes; what a
+shared server lets its visitors do.
 
 May import: every subpackage but cli, and samlib.recipe. Never streamlit.
 """
@@ -29,6 +30,13 @@ from samlib.app.results import (
     record_rows,
 )
 from samlib.app.selftest import checkpoint_table, environment_report, self_test
+from samlib.app.server import (
+    ServerPolicy,
+    SessionUploads,
+    model_label,
+    prune_idle_uploads,
+    without_folder,
+)
 from samlib.app.session import (
     WorkImage,
     estimate_encode_seconds,
@@ -54,6 +62,11 @@ __all__ = [
     "checkpoint_table",
     "environment_report",
     "self_test",
+    "ServerPolicy",
+    "SessionUploads",
+    "model_label",
+    "prune_idle_uploads",
+    "without_folder",
     "WorkImage",
     "estimate_encode_seconds",
     "prepare_image",

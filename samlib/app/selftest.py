@@ -89,22 +89,28 @@ def environment_report() -> dict[str, Any]:
     }
 
 
-def checkpoint_table() -> list[dict[str, Any]]:
-    """One row per registered model: name, description, cached?, path, size in MB."""
+def checkpoint_table(paths: bool = True) -> list[dict[str, Any]]:
+    """One row per registered model: name, cached?, size in MB, file name, path, description.
+
+    ``paths=False`` leaves out the ``path`` column (the folder on this machine), for tables
+    shown to a shared server's visitors; the ``file`` name is what an offline install needs.
+    """
 
     rows = []
     for name, entry in REGISTRY.items():
         st = model_status(name)
         size = st.size if st.cached else entry.size
-        rows.append(
-            {
-                "model": name,
-                "cached": st.cached,
-                "size_mb": None if size is None else round(size / 1e6, 1),
-                "path": str(st.path),
-                "description": entry.description,
-            }
-        )
+        row = {
+            "model": name,
+            "cached": st.cached,
+            "size_mb": None if size is None else round(size / 1e6, 1),
+            "file": st.path.name,
+            "path": str(st.path),
+            "description": entry.description,
+        }
+        if not paths:
+            del row["path"]
+        rows.append(row)
     return rows
 
 
