@@ -349,6 +349,17 @@ def test_suggested_params_by_name_and_by_loaded_model(tiny_checkpoint):
     assert suggested_params(load_model(str(tiny_checkpoint))) == {}
 
 
+def test_a_registered_models_file_loads_as_that_model():
+    """The bundled model given by its path (as SAMLIB_MODEL or --model may give it) is the
+    bundled model: its name, mask threshold and suggested parameters, as by name."""
+    by_path = load_model(str(models.checkpoint_path("small_cnn")), "cpu")
+    by_name = load_model("small_cnn", "cpu")
+    assert by_path.samlib_info.name == "small_cnn"
+    assert by_path.mask_threshold == by_name.mask_threshold == REGISTRY["small_cnn"].mask_threshold
+    assert by_path.mask_threshold != 0.0
+    assert suggested_params(by_path) == suggested_params("small_cnn")
+
+
 def test_registry_mask_threshold_reaches_the_loaded_model(tiny_checkpoint, monkeypatch):
     assert REGISTRY["vit_b"].mask_threshold == 0.0  # SAM's own
     # the bundled weights under an entry that cuts its masks at logit 1.5

@@ -237,7 +237,8 @@ def load_model(
     ----------
     name_or_path : str or path
         A key of :data:`REGISTRY` (its checkpoint must be in the cache; see
-        :func:`download_model`) or the path of a checkpoint file.
+        :func:`download_model`) or the path of a checkpoint file. A file whose SHA-256 is a
+        registered model's is loaded as that model (its name and mask threshold).
     device : str or torch.device, optional
         Where to put the model; default :func:`pick_device`. Weights are read on the CPU
         first.
@@ -273,8 +274,12 @@ def load_model(
                 "existing checkpoint file"
             )
         sha = file_sha256(path)
-        name = path.stem
-        mask_threshold = None  # unless the file records one (read below)
+        # a registered model's file given by its path is that model: same name, threshold
+        # and suggested parameters as when it is loaded by name
+        known = next((k for k, e in REGISTRY.items() if e.sha256 and e.sha256 == sha), None)
+        name = known or path.stem
+        # otherwise the file's own threshold, if it records one (read below)
+        mask_threshold = REGISTRY[known].mask_threshold if known else None
     state, config, meta = read_checkpoint(path, allow_pickle=allow_pickle)
     if mask_threshold is None and isinstance(meta.get("mask_threshold"), (int, float)):
         mask_threshold = float(meta["mask_threshold"])
