@@ -6,13 +6,14 @@ run starts from an empty output folder and a fresh ``LocalCluster`` (model loadi
 included). Prints images per minute, the ratio of 2 workers to 1, and every worker's peak
 resident memory.
 
-With ``--huge``, one large image instead (nuclei images tiled to 2,048 and 4,096 px a
-side) through the distributed tiled path (:func:`samlib.batch.replay_everything_on`, a
-Dask task per tile of the demo model's input) on 2 workers: seconds, masks and every
-worker's peak resident memory for each size, which stays flat as the image grows 4x in
-pixels, and the peak of this process, which stitches.
+With ``--huge``, one large image instead (a nuclei image tiled to ``--sides`` px a side,
+default 1,024 and 2,048) through the distributed tiled path
+(:func:`samlib.batch.replay_everything_on`, a Dask task per tile of the demo model's
+input) on 2 workers: seconds, masks and every worker's peak resident memory for each
+size, which stays flat as the image grows, and the peak of this process, which converts
+the image and stitches.
 
-    python benchmarks/batch.py [--images 16] [--points-per-side 32] [--huge]
+    python benchmarks/batch.py [--images 16] [--points-per-side 32] [--huge [--sides 1024,2048]]
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--points-per-side", type=int, default=32)
     ap.add_argument("--huge", action="store_true", help="one large image, tiles on Dask")
+    ap.add_argument("--sides", default="1024,2048", help="--huge image sides, px")
     args = ap.parse_args()
     if args.huge:
-        huge(args.points_per_side)
+        huge(args.points_per_side, [int(v) for v in args.sides.split(",")])
         return
     gen = GeneratorParams(points_per_side=args.points_per_side, **suggested_params("small_cnn"))
     recipe = Recipe(
@@ -89,7 +91,7 @@ def main() -> None:
     print(f"2 workers / 1 worker: {rates[2] / rates[1]:.2f}x [target >= 1.7x]")
 
 
-def huge(points_per_side: int) -> None:
+def huge(points_per_side: int, sides: list[int]) -> None:
     """Peak memory per worker for one large image whose tiles are Dask tasks."""
     gen = GeneratorParams(points_per_side=points_per_side, **suggested_params("small_cnn"))
     recipe = Recipe(
@@ -100,7 +102,7 @@ def huge(points_per_side: int) -> None:
         filters=LiveFilters.from_generator(gen),
     )
     tile = nuclei_image(0, 256)[0]
-    for side in (2048, 4096):
+    for side in sides:
         reps = (-(-side // tile.shape[0]), -(-side // tile.shape[1]))
         rgb = to_rgb8(np.tile(tile, reps)[:side, :side])
         cluster = LocalCluster(
@@ -115,7 +117,7 @@ def huge(points_per_side: int) -> None:
             f"{side} x {side} px ({rgb.nbytes / 2**20:.0f} MB RGB): {seconds:.1f} s, "
             f"{len(result.kept)} masks; peak RSS per worker: "
             + ", ".join(f"{mb:.0f} MB" for mb in peaks.values())
-            + f"; this process (stitching): {_peak_rss_mb():.0f} MB"
+            + f"; this process (conversion to RGB, stitching): {_peak_rss_mb():.0f} MB"
         )
 
 
