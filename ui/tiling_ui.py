@@ -11,6 +11,7 @@ from samlib.recipe import Tiling
 from samlib.tiling.prompts import TiledEmbeddings
 from samlib.tiling.stitch import Tile
 from samlib.tiling.tiles import (
+    SUGGEST_TILES_SHRINK,
     TILING_HELP,
     default_tiling,
     shrink_factor,
@@ -48,7 +49,7 @@ def tiling_ui(model: Any, work: WorkImage, *, locked: str = "") -> Tiling | None
         f"This image is {w} x {h} px; the model sees {size} px on the long side, so "
         f"{shrink:.1f} times smaller: an object 10 px wide covers {10 / shrink:.1f} px. "
         + (
-            "Tiles are suggested for it (on when you open it)."
+            f"Tiles are on by default from {SUGGEST_TILES_SHRINK:g} times smaller."
             if suggest_tiles(model, (h, w))
             else "Tiles help when objects are only a few pixels wide."
         )
