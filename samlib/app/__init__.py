@@ -33,6 +33,7 @@ from samlib.app.session import (
     WorkImage,
     estimate_encode_seconds,
     prepare_image,
+    reference_labels,
 )
 
 __all__ = [
@@ -57,4 +58,5 @@ __all__ = [
     "WorkImage",
     "estimate_encode_seconds",
     "prepare_image",
+    "reference_labels",
 ]
