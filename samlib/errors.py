@@ -28,6 +28,11 @@ class ImageTooLargeError(ImageError):
     (decompression-bomb guard)."""
 
 
+class ReferenceLabelsError(ImageError):
+    """A reference label image does not fit its image: not whole-number labels, more than one
+    channel or plane, or another width and height."""
+
+
 class ModelError(SamlibError):
     """A model could not be found, built or loaded."""
 

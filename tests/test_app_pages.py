@@ -29,6 +29,7 @@ from samlib.app.everything_run import area_filter
 from samlib.app.session import prepare_image
 from samlib.cli.parser import main
 from samlib.errors import DownloadError, ParameterError
+from samlib.evaluation import evaluate, segment_classical
 from samlib.image.io import read_image
 from samlib.image.microscopy import as_image
 from samlib.models.arch import VIT_TINY, build_sam
@@ -39,6 +40,7 @@ from samlib.records.masks import labels_from_records
 from samlib.tiling.tiles import segment_everything_tiled
 from tests.conftest import make_disks
 from ui import state
+from ui.results_ui import BASELINE_ROW
 
 # pycocotools (a compiled module, so not filterable by module name) warns under NumPy 2.
 pytestmark = pytest.mark.filterwarnings(
@@ -432,6 +434,68 @@ def test_everything_on_a_sample_with_reference_shows_the_evaluation(app_env):
     table = next(df.value for df in at.dataframe if "threshold" in df.value.columns)
     assert table["threshold"].tolist()[0] == 0.5 and len(table) == 10
     assert (table["tp"] + table["fn"] == 125).all()
+    # beside SAM's scores, the classical baseline's on the same image and reference
+    methods = method_rows(at)
+    work = at.session_state[state.IMAGE]
+    baseline = evaluate(segment_classical(work.rgb8), work.ground_truth)
+    assert methods.loc[BASELINE_ROW, "f1"] == pytest.approx(baseline["f1"])
+    assert methods.loc[BASELINE_ROW, "ap"] == pytest.approx(baseline["ap"])
+    shown = {m.label: float(m.value) for m in at.metric}
+    assert methods.iloc[0]["f1"] == pytest.approx(shown["f1"], abs=0.005)
+
+
+def method_rows(at: AppTest):
+    """The Compare with reference tab's table of SAM's and the baseline's scores."""
+    return next(df.value for df in at.dataframe if "method" in df.value.columns).set_index("method")
+
+
+def tiff_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, array)
+    return buf.getvalue()
+
+
+def upload_with_reference(labels: np.ndarray) -> AppTest:
+    """Upload the disks image, then ``labels`` as its reference, on the home page."""
+    img, _ = make_disks(shape=(96, 128), dtype=np.uint16)
+    at = new_app()
+    at.run()
+    at.radio(key="w_source_kind").set_value("Upload").run()
+    at.file_uploader(key="w_uploads").set_value(("disks.tif", tiff_bytes(img), "image/tiff"))
+    at.run()
+    no_errors(at)
+    reference = next(u for u in at.file_uploader if u.label.startswith("Reference labels"))
+    reference.set_value(("disks_labels.tif", tiff_bytes(labels), "image/tiff")).run()
+    return at
+
+
+def test_an_uploaded_reference_is_compared_with_sam_and_the_baseline(app_env):
+    _, labels = make_disks(shape=(96, 128))
+    at = upload_with_reference(labels)
+    no_errors(at)
+    work = at.session_state[state.IMAGE]
+    np.testing.assert_array_equal(work.ground_truth, labels)
+    assert any("Reference segmentation available: 2 objects" in c.value for c in at.caption)
+    run_everything_page(at)
+    loosen(at)
+    open_tab(at, "everything", "Compare with reference")
+    assert {"precision", "recall", "f1", "ap", "mean matched iou"} <= {m.label for m in at.metric}
+    methods = method_rows(at)
+    assert methods.loc[BASELINE_ROW, "f1"] == 1.0  # two bright disks: a threshold is enough
+    assert methods.loc[BASELINE_ROW, "n_pred"] == 2
+    # the reference survives a page change (the uploader itself forgets its file)
+    at.switch_page("pages/home.py").run()
+    no_errors(at)
+    assert at.session_state[state.IMAGE].ground_truth is work.ground_truth
+
+
+def test_a_reference_of_another_size_is_one_error_line(app_env):
+    at = upload_with_reference(np.zeros((50, 128), np.uint16))
+    assert not at.exception
+    assert len(at.error) == 1
+    message = at.error[0].value
+    assert "128 x 50 px but the image disks.tif is 128 x 96 px" in message
+    assert at.session_state[state.IMAGE].ground_truth is None
 
 
 def test_home_loads_and_checks_the_injected_model(app_env):
@@ -698,6 +762,7 @@ from samlib.app.session import prepare_image
 from samlib.image.microscopy import as_image
 from tests.conftest import make_disks
 from ui import state
+from ui.results_ui import BASELINE_ROW
 
 at = AppTest.from_file("app.py", default_timeout=120)
 img, _ = make_disks(shape=(96, 128), dtype=np.uint16)

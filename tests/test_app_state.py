@@ -9,12 +9,13 @@ import zipfile
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 from skimage.draw import disk
 
 from samlib.app.everything_run import area_filter, refilter_run, run_everything
 from samlib.app.results import download_makers, params_json, prompts_recipe, record_rows
-from samlib.app.session import estimate_encode_seconds, prepare_image
-from samlib.errors import ParameterError
+from samlib.app.session import estimate_encode_seconds, prepare_image, reference_labels
+from samlib.errors import CorruptImageError, ParameterError, ReferenceLabelsError
 from samlib.image.display import DisplaySettings
 from samlib.image.microscopy import as_image
 from samlib.models.embeddings import compute_embedding
@@ -59,6 +60,67 @@ def test_prepare_image_refuses_a_bad_pixel_size_and_drops_a_mismatched_reference
     with pytest.raises(ParameterError, match="pixel size"):
         prepare_image(as_image(img), pixel_size_um=-1.0)
     assert prepare_image(as_image(img), ground_truth=labels[:10]).ground_truth is None
+
+
+def _tiff(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, array)
+    return buf.getvalue()
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("encode", "dtype"),
+    [
+        (_tiff, np.uint8),
+        (_tiff, np.uint16),
+        (_tiff, np.int32),
+        (_tiff, np.float32),
+        (_png, np.uint8),
+        (_png, np.uint16),
+    ],
+)
+def test_reference_labels_read_a_label_image_of_the_images_size(encode, dtype):
+    img, labels = make_disks(shape=(40, 56))
+    image = as_image(img, name="d.tif")
+    got = reference_labels(image, encode(labels.astype(dtype)), name="ref")
+    assert got.shape == (40, 56) and got.dtype.kind in "ui"
+    np.testing.assert_array_equal(got, labels)
+    work = prepare_image(image, ground_truth=got)
+    assert work.ground_truth is got
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (np.zeros((40, 57), np.uint16), "57 x 40 px but the image d.tif is 56 x 40 px"),
+        (np.zeros((30, 56), np.uint16), "56 x 30 px but the image d.tif is 56 x 40 px"),
+        (np.full((40, 56), 1.5, np.float32), "whole numbers"),
+        (np.full((40, 56), np.nan, np.float32), "whole numbers"),
+        (np.full((40, 56), -2.0, np.float32), ">= 0"),
+        (np.full((40, 56), -2, np.int16), ">= 0"),
+        (np.zeros((40, 56, 3), np.uint8), "3 channel(s)"),
+        (np.zeros((2, 40, 56), np.uint16), "2 channel(s)"),
+        (np.zeros((6, 40, 56), np.uint16), "6 plane(s)"),
+    ],
+)
+def test_reference_labels_that_do_not_fit_are_refused_in_one_line(labels, message):
+    image = as_image(make_disks(shape=(40, 56))[0], name="d.tif")
+    with pytest.raises(ReferenceLabelsError) as caught:
+        reference_labels(image, _tiff(labels), name="ref.tif")
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert str(caught.value).startswith("ref.tif")
+
+
+def test_reference_labels_of_a_damaged_file_are_a_read_error():
+    image = as_image(make_disks(shape=(40, 56))[0], name="d.tif")
+    with pytest.raises(CorruptImageError):
+        reference_labels(image, _tiff(np.zeros((40, 56), np.uint16))[:60], name="ref.tif")
 
 
 def test_encode_estimate_grows_with_the_model_and_is_faster_on_gpu():

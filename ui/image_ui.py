@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import streamlit as st
 
-from samlib.app.session import WorkImage, prepare_image
+from samlib.app.session import WorkImage, prepare_image, reference_labels
 from samlib.datasets import samples
 from samlib.errors import ImageWarning
 from samlib.image.display import MAX_PROJECTION, DisplaySettings
@@ -18,6 +18,8 @@ from samlib.image.microscopy import MicroscopyImage
 from ui import state
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp"]
+REFERENCE_TYPES = ["tif", "tiff", "png"]
+REFERENCES = "references"  # {image hash: (upload key, (H, W) labels)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,7 +65,13 @@ def _read_noted(upload) -> Source:
 
 
 def source_ui() -> Source | None:
-    """Let the user pick a bundled sample or upload images; return the chosen one."""
+    """Let the user pick a bundled sample or upload images; return the chosen one, with the
+    reference labels uploaded for it (if any)."""
+    src = _pick_source()
+    return None if src is None else reference_ui(src)
+
+
+def _pick_source() -> Source | None:
     kind = state.kept(
         st.radio,
         "Image source",
@@ -97,6 +105,40 @@ def source_ui() -> Source | None:
     choice = state.kept(st.selectbox, "Work on", "upload_pick", names[-1], options=names)
     pick = names.index(choice) if choice in names else len(loaded) - 1
     return loaded[pick]
+
+
+def reference_ui(src: Source) -> Source:
+    """Offer a reference label image for ``src``; return ``src`` with it as ground truth.
+
+    A reference is kept per image for the session (the uploader forgets its file when
+    another page runs); one that does not fit the image is one error line and not kept.
+    """
+    refs = st.session_state.setdefault(REFERENCES, {})
+    # a new uploader (a new key) after "Forget", so that its file is not read again
+    rounds = st.session_state.setdefault("reference_rounds", {})
+    img = src.image
+    tag = hashlib.sha256(img.hash.encode()).hexdigest()[:8]
+    upload = st.file_uploader(
+        "Reference labels (optional)",
+        type=REFERENCE_TYPES,
+        key=f"w_reference_{tag}_{rounds.get(img.hash, 0)}",
+        help="A label image of this image (TIFF or PNG, same width and height, 0 = "
+        "background, one whole number per object): results are then scored against it in "
+        "the Compare with reference tab.",
+    )
+    if upload is not None:
+        key = f"{upload.name}:{hashlib.sha256(upload.getvalue()).hexdigest()[:16]}"
+        if refs.get(img.hash, ("",))[0] != key:
+            refs.pop(img.hash, None)
+            with state.guard(f"Reading the reference labels {upload.name}"):
+                refs[img.hash] = (key, reference_labels(img, upload.getvalue(), name=upload.name))
+    if img.hash not in refs:
+        return src
+    if st.button("Forget the reference labels", key=f"forget_reference_{tag}"):
+        del refs[img.hash]
+        rounds[img.hash] = rounds.get(img.hash, 0) + 1
+        st.rerun()
+    return replace(src, ground_truth=refs[img.hash][1])
 
 
 def settings_ui(src: Source) -> tuple[DisplaySettings, float | None]:
@@ -172,6 +214,7 @@ def apply_ui(src: Source, settings: DisplaySettings, pixel_size: float | None) -
     if (
         current is not None
         and current.image is src.image
+        and current.ground_truth is src.ground_truth
         and current.settings == settings
         and current.pixel_size_um == pixel_size
     ):

@@ -12,6 +12,7 @@ import streamlit as st
 
 from samlib.app.results import download_makers, params_json, record_rows
 from samlib.app.session import WorkImage
+from samlib.evaluation import BaselineParams, segment_classical
 from samlib.evaluation import metrics as evaluate
 from samlib.outputs import measure, overlay
 from samlib.outputs.export import EXPORTS
@@ -200,23 +201,43 @@ def results_tabs_ui(
             evaluation_ui(work, records)
 
 
+SCORES = ["precision", "recall", "f1", "ap", "mean_matched_iou"]
+BASELINE_ROW = "classical baseline (Otsu + watershed)"
+
+
 def evaluation_ui(work: WorkImage, records: Sequence[Mapping[str, Any]]) -> None:
-    """Precision, recall, F1 and DSB average precision against the sample's reference."""
+    """Precision, recall, F1 and DSB average precision against the image's reference, beside
+    the classical baseline's on the same image (what SAM adds over a threshold)."""
 
     def compute():
         pred = labels_from_records(records, shape=work.rgb8.shape[:2])
         return evaluate.evaluate(pred, work.ground_truth)
 
-    result = _memo("evaluation", _signature(work, records), compute)
+    result = _memo("evaluation", (*_signature(work, records), work.reference_key), compute)
     summary = result.summary()
     cols = st.columns(5)
-    for col, name in zip(
-        cols, ["precision", "recall", "f1", "ap", "mean_matched_iou"], strict=True
-    ):
+    for col, name in zip(cols, SCORES, strict=True):
         col.metric(name.replace("_", " "), f"{summary[name]:.2f}")
     st.caption(
         f"{summary['n_pred']} masks against {summary['n_gt']} reference objects. Precision, "
         "recall and F1 at IoU 0.5; AP is the DSB2018 score, TP / (TP + FP + FN) averaged "
         "over IoU 0.5 to 0.95."
+    )
+    baseline = _memo(
+        "baseline_evaluation",
+        (work.key, work.reference_key),
+        lambda: evaluate.evaluate(segment_classical(work.rgb8), work.ground_truth),
+    ).summary()
+    rows = [
+        {"method": "SAM (these masks)", **{k: summary[k] for k in [*SCORES, "n_pred"]}},
+        {"method": BASELINE_ROW, **{k: baseline[k] for k in [*SCORES, "n_pred"]}},
+    ]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="eval_methods")
+    defaults = BaselineParams()
+    st.caption(
+        "The baseline has no model: pixels brighter than Otsu's threshold are objects, and a "
+        "watershed of their distance to the background splits touching ones (seeds "
+        f"{defaults.min_distance} px apart, objects of {defaults.min_area} px or more). Where "
+        "it scores as well as SAM, a threshold is enough."
     )
     st.dataframe(result.per_threshold, hide_index=True, key="eval_table")

@@ -32,6 +32,11 @@ _ENCODE_SECONDS = "encode_seconds"  # {model name: last measured seconds}
 
 # What to do about each kind of error, in words a biologist acts on.
 _HINTS: list[tuple[type[BaseException], str]] = [
+    (
+        errors.ReferenceLabelsError,
+        "Upload the label image made for this image: one plane, 0 = background, one whole "
+        "number per object (e.g. a label TIFF from Fiji or from this app's downloads).",
+    ),
     (errors.UnsupportedImageError, "Use a PNG, JPEG, BMP or TIFF file."),
     (errors.CorruptImageError, "The file looks damaged or empty: export it again and re-upload."),
     (errors.ImageTooLargeError, "Crop or downsample the image (e.g. in Fiji) and upload again."),

@@ -41,6 +41,7 @@ from samlib.app.session import (
     WorkImage,
     estimate_encode_seconds,
     prepare_image,
+    reference_labels,
 )
 
 __all__ = [
@@ -70,4 +71,5 @@ __all__ = [
     "WorkImage",
     "estimate_encode_seconds",
     "prepare_image",
+    "reference_labels",
 ]

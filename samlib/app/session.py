@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
-from samlib.errors import ParameterError
+from samlib.errors import ParameterError, ReferenceLabelsError
 from samlib.image.display import DisplaySettings
+from samlib.image.io import read_image
 from samlib.image.microscopy import MicroscopyImage, image_hash
 
 
@@ -30,7 +32,8 @@ class WorkImage:
     pixel_size_um : float or None
         Micrometres per pixel; areas are also reported in µm² when set.
     ground_truth : (H, W) integer label image or None
-        Reference segmentation shipped with a sample, if any.
+        Reference segmentation shipped with a sample or uploaded for the image
+        (:func:`reference_labels`), if any.
     description : str
         A sentence about the image (samples), shown in the UI.
     """
@@ -56,6 +59,12 @@ class WorkImage:
     def key(self) -> str:
         """Identifies this rendering: hash of the RGB pixels (results are only valid for it)."""
         return image_hash(self.rgb8)
+
+    @cached_property
+    def reference_key(self) -> str:
+        """Identifies the reference labels (hash of the label image; "" when there are none):
+        scores against one reference are not valid for another."""
+        return "" if self.ground_truth is None else image_hash(self.ground_truth)
 
     @property
     def intensities(self) -> np.ndarray:
@@ -83,6 +92,62 @@ def prepare_image(
     if ground_truth is not None and ground_truth.shape[:2] != rgb8.shape[:2]:
         ground_truth = None  # a reference for another size cannot be compared
     return WorkImage(image, rgb8, settings, pixel_size_um, ground_truth, description)
+
+
+def reference_labels(image: MicroscopyImage, source: Any, *, name: str | None = None) -> np.ndarray:
+    """Read a reference label image for ``image`` and check that it can be compared with it.
+
+    Parameters
+    ----------
+    image : MicroscopyImage
+        The image the labels belong to.
+    source : path, bytes or binary file object
+        A label TIFF or PNG (0 = background, one whole number per object), read with
+        :func:`samlib.image.io.read_image`.
+    name : str, optional
+        The file's name, for messages.
+
+    Returns
+    -------
+    ndarray, shape (H, W)
+        Integer labels (float files holding whole numbers become int64).
+
+    Raises
+    ------
+    ReferenceLabelsError
+        More than one plane or channel, values that are not whole numbers >= 0, or another
+        width x height than ``image``; the message names both sizes.
+    ImageError
+        The file cannot be read (see :func:`~samlib.image.io.read_image`).
+    """
+    ref = read_image(source, name=name)
+    label = ref.name
+    if ref.n_planes != 1 or ref.n_channels != 1:
+        raise ReferenceLabelsError(
+            f"{label}: a label image has one plane and one channel, this one has "
+            f"{ref.n_planes} plane(s) and {ref.n_channels} channel(s)"
+        )
+    if (ref.width, ref.height) != (image.width, image.height):
+        raise ReferenceLabelsError(
+            f"{label} is {ref.width} x {ref.height} px but the image {image.name} is "
+            f"{image.width} x {image.height} px (width x height): they must match"
+        )
+    labels = ref.data[0, ..., 0]
+    if labels.dtype.kind == "f":  # e.g. labels saved as a float TIFF
+        if not (np.all(np.isfinite(labels)) and np.all(labels == np.round(labels))):
+            raise ReferenceLabelsError(
+                f"{label}: a {labels.dtype} label image must hold whole numbers (object ids)"
+            )
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind not in "ui":
+        raise ReferenceLabelsError(
+            f"{label}: a label image holds whole numbers (object ids), got {labels.dtype}"
+        )
+    if labels.size and labels.min() < 0:
+        raise ReferenceLabelsError(
+            f"{label}: object ids must be >= 0 (0 = background), got {labels.min()}"
+        )
+    return labels
 
 
 def estimate_encode_seconds(n_parameters: int, device_type: str) -> float:
