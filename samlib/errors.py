@@ -2,6 +2,7 @@
 
 Every error a user can cause derives from :class:`SamlibError`, so the UI and the CLI
 can catch one type and show its message, which always names the offending value.
+:func:`one_line` is how the app and the command line show any exception, samlib's or not.
 """
 
 from __future__ import annotations
@@ -78,3 +79,18 @@ class CacheWarning(UserWarning):
     An unreadable entry (truncated, bad CRC, wrong shape, broken metadata) is deleted and
     recomputed; a folder that cannot be written (read-only, full) keeps results in memory.
     """
+
+
+def one_line(exc: BaseException) -> str:
+    """The reason a user reads for ``exc``: one line, whitespace folded.
+
+    A :class:`SamlibError` or ``OSError`` message names the value and stands alone; a
+    ``MemoryError`` reads "not enough memory"; any other exception (a library's own error, or
+    a bug) is prefixed with its type name, so that a report of it can be traced.
+    """
+    text = " ".join(str(exc).split())
+    if isinstance(exc, MemoryError):
+        return "not enough memory" + (f" ({text})" if text else "")
+    if isinstance(exc, SamlibError | OSError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
