@@ -391,19 +391,50 @@ def test_download_failure_says_what_to_do(app_env, monkeypatch):
     assert "offline" in message and "copy the checkpoint file into the cache folder" in message
 
 
-def test_a_failed_run_keeps_the_earlier_results(app_env, monkeypatch):
+@pytest.mark.parametrize(
+    "exc, says, logged",
+    [
+        (ParameterError("points_per_side must be in [1, 1024], got 0"), "points_per_side", False),
+        (RuntimeError("the decoder broke\non two lines"), "RuntimeError: the decoder broke", True),
+        (MemoryError("Unable to allocate 9.3 GiB"), "not enough memory", True),
+    ],
+)
+def test_a_failed_run_is_one_line_and_keeps_the_earlier_results(
+    app_env, monkeypatch, caplog, exc, says, logged
+):
     at = run_everything_page(seeded(new_app()))
     loosen(at)
     count = metric(at, "After area filter")
 
     def fails(*a, **k):
-        raise ParameterError("points_per_side must be in [1, 1024], got 0")
+        raise exc
 
     monkeypatch.setattr(sys.modules["samlib.recipe.replay"], "generate_candidates", fails)
-    at.button(key="run_everything").click().run()
+    with caplog.at_level("ERROR", logger="ui.state"):
+        at.button(key="run_everything").click().run()
     assert not at.exception
-    assert any("points_per_side" in e.value for e in at.error)
+    assert len(at.error) == 1 and says in at.error[0].value
+    assert "Traceback" not in at.error[0].value and "\non two" not in at.error[0].value
     assert metric(at, "After area filter") == count  # the previous run is still shown
+    # a surprise is logged, with its traceback, on the server only; a user's mistake is not
+    tracebacks = [r.exc_info[1] for r in caplog.records if r.exc_info]
+    assert tracebacks == ([exc] if logged else [])
+
+
+def test_a_prompt_that_fails_unexpectedly_is_one_line_and_keeps_the_objects(app_env, monkeypatch):
+    at = prompt_with_typed_point(seeded(new_app()), 40.0, 30.0)
+    at.button(key="add_object").click().run()
+
+    def fails(*a, **k):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr("samlib.tiling.prompts.prompt_candidates", fails)
+    at.number_input(key="w_typed_x").set_value(50.0)
+    at.number_input(key="w_typed_y").set_value(40.0)
+    at.button(key="typed_add_point").click().run()
+    assert not at.exception
+    assert len(at.error) == 1 and "RuntimeError: CUDA error" in at.error[0].value
+    assert len(at.session_state[state.OBJECTS][at.session_state[state.IMAGE].key]) == 1
 
 
 @pytest.mark.slow

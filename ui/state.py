@@ -9,6 +9,7 @@ sessions, through ``st.cache_resource``; neither holds per-user mutable state.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,8 @@ MODEL = "model_name"  # registry name or checkpoint path
 EVERYTHING = "everything"  # ui.everything_state.EverythingRun of the current image
 OBJECTS = "prompt_objects"  # {image key: [PromptedObject, ...]}
 _ENCODE_SECONDS = "encode_seconds"  # {model name: last measured seconds}
+
+_LOG = logging.getLogger(__name__)
 
 # What to do about each kind of error, in words a biologist acts on.
 _HINTS: list[tuple[type[BaseException], str]] = [
@@ -68,20 +71,32 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
 
 
+def show_error(action: str, exc: Exception) -> None:
+    """One ``st.error`` for ``exc``: what failed, the one-line reason, what to do.
+
+    A :class:`~samlib.errors.SamlibError` is the user's to fix and is shown as it is; any
+    other exception (a bug, a library's own error, memory) also goes, with its traceback,
+    to the server's log, never to the browser.
+    """
+    if not isinstance(exc, errors.SamlibError):
+        _LOG.error("%s failed", action, exc_info=exc)
+    reason = errors.one_line(exc)
+    st.error(f"**{action} failed.** {reason}\n\n{hint_for(exc)}", icon=":material/error:")
+
+
 @contextlib.contextmanager
 def guard(action: str) -> Iterator[None]:
-    """Show any samlib (or out-of-memory) error raised inside as ``st.error``; keep the page.
+    """Show any exception raised inside as one ``st.error`` line (:func:`show_error`); keep
+    the page.
 
-    Earlier results stay in session state, so the page keeps showing them below the error.
+    Earlier results stay in session state (a page stores a result only once it is made), so
+    the page keeps showing them below the error. Streamlit's own ``st.stop``/``st.rerun``
+    are not exceptions (``BaseException``) and pass through.
     """
     try:
         yield
-    except errors.SamlibError as exc:
-        st.error(f"**{action} failed.** {exc}\n\n{hint_for(exc)}", icon=":material/error:")
-    except (MemoryError, RuntimeError) as exc:
-        if not _is_out_of_memory(exc):
-            raise
-        st.error(f"**{action} failed.** {exc}\n\n{hint_for(exc)}", icon=":material/error:")
+    except Exception as exc:  # every failure of a page's action becomes one line
+        show_error(action, exc)
 
 
 def kept(widget: Callable[..., Any], label: str, name: str, default: Any, **kwargs: Any) -> Any:
@@ -140,8 +155,8 @@ def get_model(name_or_path: str | None = None) -> Any:
     try:
         with st.spinner(f"Loading model {name} (once per server)..."):
             return _load(name, str(pick_device()), _stamp(name))
-    except errors.SamlibError as exc:
-        st.error(f"**The model {name!r} cannot be used.** {exc}\n\n{hint_for(exc)}")
+    except Exception as exc:  # one line, as in guard(); the traceback goes to the log only
+        show_error(f"Loading the model {name!r}", exc)
         st.page_link("pages/home.py", label="Choose a model", icon=":material/arrow_back:")
         st.stop()
 
