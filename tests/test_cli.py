@@ -474,3 +474,14 @@ def test_recipe_errors_and_the_model_hash_warning(scene, capsys, tiny_checkpoint
     del base[2:4]  # no --model: the recipe names a model that is not here
     code, _, err = _run(capsys, *base, "--recipe", path, "--out", scene / "u")
     assert code == 2 and "give the recipe's model with --model" in err
+
+
+def test_a_small_compressed_file_that_would_need_gigabytes_is_refused(scene, capsys):
+    # 100 million zero pixels: about 100 KB as a zlib TIFF, 2.2 GiB to convert for SAM
+    tifffile.imwrite(scene / "bomb.tif", np.zeros((10_000, 10_000), np.uint8), compression="zlib")
+    assert (scene / "bomb.tif").stat().st_size < 2**20
+    code, _, err = _run(capsys, "everything", scene / "bomb.tif", "--out", scene / "o")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("samlib everything: error: bomb.tif: converting its 10000 x 10000 px")
+    assert "limit of 2.0 GiB" in err
+    assert not (scene / "o").exists()
