@@ -56,6 +56,11 @@ class PromptError(ParameterError):
     """Prompt points, labels or boxes are malformed or outside the image."""
 
 
+class TooManyPromptsError(PromptError):
+    """One call holds more prompts, or would return more mask memory, than the limits of
+    :mod:`samlib.prompts.prompting` allow."""
+
+
 class UnsafeCheckpointError(CheckpointError):
     """The checkpoint needs full unpickling (it can run code) and the caller did not opt in."""
 

@@ -33,6 +33,8 @@ from samlib.image.microscopy import as_image
 from samlib.models.arch import VIT_TINY, build_sam
 from samlib.models.loading import load_model, save_checkpoint
 from samlib.outputs.export import EXPORTS
+from samlib.prompts.objects import PromptSet
+from samlib.prompts.prompting import MAX_BOXES
 from samlib.recipe import Recipe, Tiling, replay
 from samlib.records.masks import labels_from_records
 from samlib.tiling.tiles import segment_everything_tiled
@@ -338,6 +340,19 @@ def test_prompt_error_is_shown_and_earlier_objects_are_kept(app_env):
     at.text_input(key="w_typed_box").set_value("1, 2, 3")
     at.button(key="typed_add_box").click().run()
     assert any("four numbers" in e.value for e in at.error)
+    assert len(at.session_state[state.OBJECTS][at.session_state[state.IMAGE].key]) == 1
+
+
+def test_too_many_boxes_at_once_are_one_line_and_earlier_objects_are_kept(app_env):
+    at = prompt_with_typed_point(seeded(new_app()), 40.0, 30.0)
+    at.button(key="add_object").click().run()
+    corners = np.random.default_rng(0).uniform(0, 80, (MAX_BOXES + 1, 2))
+    boxes = np.hstack([corners, corners + 10])
+    at.session_state["typed_prompts"] = PromptSet(np.zeros((0, 2)), np.zeros(0, int), boxes)
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1 and f"{MAX_BOXES + 1} boxes in one call" in at.error[0].value
+    assert "a few at a time" in at.error[0].value  # what to do about it
     assert len(at.session_state[state.OBJECTS][at.session_state[state.IMAGE].key]) == 1
 
 

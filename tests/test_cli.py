@@ -26,7 +26,7 @@ from samlib.models.arch import VIT_B
 from samlib.models.embeddings import compute_embedding
 from samlib.models.loading import load_model, suggested_params
 from samlib.prompts.objects import PromptSet, predict_candidates, records_of
-from samlib.prompts.prompting import predict
+from samlib.prompts.prompting import MAX_BOXES, predict
 from samlib.records.masks import labels_from_records
 from samlib.records.rle import decode_coco
 from samlib.tiling.tiles import segment_everything_tiled
@@ -485,3 +485,11 @@ def test_a_small_compressed_file_that_would_need_gigabytes_is_refused(scene, cap
     assert err.startswith("samlib everything: error: bomb.tif: converting its 10000 x 10000 px")
     assert "limit of 2.0 GiB" in err
     assert not (scene / "o").exists()
+
+
+def test_too_many_boxes_in_one_command_are_one_line(scene, capsys, tiny_checkpoint):
+    boxes = [a for i in range(MAX_BOXES + 1) for a in ("--box", f"{i % 90},5,{i % 90 + 20},40")]
+    argv = ["prompt", scene / "img.tif", *boxes, "--model", tiny_checkpoint, "--out", scene / "o"]
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"samlib prompt: error: {MAX_BOXES + 1} boxes in one call, more than")

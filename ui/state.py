@@ -49,6 +49,10 @@ _HINTS: list[tuple[type[BaseException], str]] = [
     ),
     (errors.UnknownModelError, "Pick a model from the list, or check the checkpoint path."),
     (errors.CheckpointError, "Use an official SAM, micro-sam or samlib checkpoint file."),
+    (
+        errors.TooManyPromptsError,
+        "Add the objects a few at a time: undo some prompts, add the objects, then go on.",
+    ),
     (errors.PromptError, "Place points and boxes inside the image and try again."),
     (errors.ParameterError, "Change the highlighted value and run again."),
 ]
