@@ -19,15 +19,17 @@ import pytest
 import tifffile
 import torch
 from skimage.draw import disk as skdisk
+from streamlit.runtime.uploaded_file_manager import UploadedFile
 from streamlit.testing.v1 import AppTest
 
 import samlib.everything.candidates
 from samlib import models
 from samlib.app.batch_run import sample_file
 from samlib.app.everything_run import area_filter
-from samlib.app.session import prepare_image
+from samlib.app.session import MAX_UPLOADS, prepare_image
 from samlib.cli.parser import main
 from samlib.errors import DownloadError, ParameterError
+from samlib.image import microscopy
 from samlib.image.io import read_image
 from samlib.image.microscopy import as_image
 from samlib.models.arch import VIT_TINY, build_sam
@@ -144,6 +146,75 @@ def test_a_second_session_never_sees_the_first_sessions_image(app_env):
     no_errors(second)
     assert state.IMAGE not in second.session_state
     assert any("No image yet" in i.value for i in second.info)
+
+
+def _tiff(seed: int, shape=(48, 64), **kwargs) -> bytes:
+    buf = io.BytesIO()
+    data = np.random.default_rng(seed).integers(0, 4000, shape, dtype=np.uint16)
+    tifffile.imwrite(buf, data, **kwargs)
+    return buf.getvalue()
+
+
+def upload(at: AppTest, files: list[tuple[str, bytes]]) -> AppTest:
+    """Choose "Upload" on the home page and upload ``files`` as (name, bytes)."""
+    at.radio(key="w_source_kind").set_value("Upload").run()
+    uploader = at.file_uploader(key="w_uploads")
+    uploader.set_value([(name, data, "image/tiff") for name, data in files]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_a_rerun_neither_reads_nor_hashes_the_uploads_again(app_env, monkeypatch):
+    hashed, reads = [], []
+    real_hash = microscopy.image_hash
+    monkeypatch.setattr(microscopy, "image_hash", lambda a: hashed.append(a.shape) or real_hash(a))
+
+    def counted(real):
+        def method(upload, *args):
+            caller = sys._getframe(1).f_globals["__name__"]
+            if not caller.startswith("streamlit."):  # AppTest re-sends the files every run
+                reads.append(caller)
+            return real(upload, *args)
+
+        return method
+
+    for name in ("read", "getvalue", "getbuffer", "readinto"):
+        monkeypatch.setattr(UploadedFile, name, counted(getattr(UploadedFile, name)))
+    at = upload(new_app().run(), [("a.tif", _tiff(1)), ("b.tif", _tiff(2))])
+    no_errors(at)
+    assert at.session_state[state.IMAGE].name == "b.tif"
+    assert reads and hashed.count((1, 48, 64, 1)) == 1  # read; the image shown hashed once
+    first = (len(reads), len(hashed))
+    at.run()
+    at.switch_page("pages/about.py").run()
+    at.switch_page("pages/home.py").run()
+    no_errors(at)
+    assert (len(reads), len(hashed)) == first
+
+
+def test_the_session_keeps_only_the_newest_uploads(app_env):
+    files = [(f"img{i}.tif", _tiff(i)) for i in range(5)]
+    at = upload(new_app().run(), files)
+    no_errors(at)
+    kept = [s.image.name for s in at.session_state["uploads"].values()]
+    assert kept == ["img2.tif", "img3.tif", "img4.tif"] and MAX_UPLOADS == 3
+    assert at.selectbox(key="w_upload_pick").options == kept
+    assert any("img0.tif, img1.tif left out" in w.value for w in at.warning)
+    at.file_uploader(key="w_uploads").set_value([("new.tif", _tiff(9), "image/tiff")]).run()
+    no_errors(at)
+    kept = [s.image.name for s in at.session_state["uploads"].values()]
+    assert kept == ["img3.tif", "img4.tif", "new.tif"]  # the oldest went
+
+
+def test_an_upload_that_needs_gigabytes_to_convert_is_one_line(app_env):
+    # 100 million zero pixels: about 100 KB as a zlib TIFF, 2.2 GiB to convert for SAM
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.zeros((10_000, 10_000), np.uint8), compression="zlib")
+    at = upload(new_app().run(), [("bomb.tif", buf.getvalue())])
+    assert len(at.error) == 1
+    assert "Preparing the image failed" in at.error[0].value
+    assert "bomb.tif: converting its 10000 x 10000 px uint8 plane" in at.error[0].value
+    assert "Crop or downsample" in at.error[0].value
 
 
 def seeded(at: AppTest, n_channels: int = 1) -> AppTest:

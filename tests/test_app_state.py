@@ -13,7 +13,7 @@ from skimage.draw import disk
 
 from samlib.app.everything_run import area_filter, refilter_run, run_everything
 from samlib.app.results import download_makers, params_json, prompts_recipe, record_rows
-from samlib.app.session import estimate_encode_seconds, prepare_image
+from samlib.app.session import RecentUploads, estimate_encode_seconds, prepare_image
 from samlib.errors import ParameterError
 from samlib.image.display import DisplaySettings
 from samlib.image.microscopy import as_image
@@ -59,6 +59,21 @@ def test_prepare_image_refuses_a_bad_pixel_size_and_drops_a_mismatched_reference
     with pytest.raises(ParameterError, match="pixel size"):
         prepare_image(as_image(img), pixel_size_um=-1.0)
     assert prepare_image(as_image(img), ground_truth=labels[:10]).ground_truth is None
+
+
+def test_recent_uploads_keep_the_newest_and_a_lookup_makes_one_newest():
+    kept = RecentUploads(max_items=2)
+    kept.put("id-a", "a")
+    kept.put("id-b", "b")
+    assert kept.get("id-a") == "a"  # now the newest: b is the oldest
+    kept.put("id-c", "c")
+    assert kept.values() == ["a", "c"] and len(kept) == 2
+    assert "id-b" not in kept and kept.get("id-b") is None
+    kept.put("id-a", "a2")  # a new value for a kept upload does not grow the session
+    assert kept.values() == ["c", "a2"]
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ParameterError, match="max_items"):
+            RecentUploads(max_items=bad)
 
 
 def test_encode_estimate_grows_with_the_model_and_is_faster_on_gpu():

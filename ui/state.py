@@ -75,14 +75,15 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
 
 
-def show_error(action: str, exc: Exception) -> None:
+def show_error(action: str, exc: Exception, *, log: bool = True) -> None:
     """One ``st.error`` for ``exc``: what failed, the one-line reason, what to do.
 
     A :class:`~samlib.errors.SamlibError` is the user's to fix and is shown as it is; any
     other exception (a bug, a library's own error, memory) also goes, with its traceback,
-    to the server's log, never to the browser.
+    to the server's log (unless ``log`` is False: an error shown again), never to the
+    browser.
     """
-    if not isinstance(exc, errors.SamlibError):
+    if log and not isinstance(exc, errors.SamlibError):
         _LOG.error("%s failed", action, exc_info=exc)
     reason = errors.one_line(exc)
     st.error(f"**{action} failed.** {reason}\n\n{hint_for(exc)}", icon=":material/error:")

@@ -29,6 +29,8 @@ from samlib.app.results import (
 )
 from samlib.app.selftest import checkpoint_table, environment_report, self_test
 from samlib.app.session import (
+    MAX_UPLOADS,
+    RecentUploads,
     WorkImage,
     estimate_encode_seconds,
     prepare_image,
@@ -52,6 +54,8 @@ __all__ = [
     "checkpoint_table",
     "environment_report",
     "self_test",
+    "MAX_UPLOADS",
+    "RecentUploads",
     "WorkImage",
     "estimate_encode_seconds",
     "prepare_image",
