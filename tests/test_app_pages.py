@@ -32,6 +32,7 @@ from samlib.errors import DownloadError, ParameterError
 from samlib.image import microscopy
 from samlib.image.io import read_image
 from samlib.image.microscopy import as_image
+from samlib.models import embeddings
 from samlib.models.arch import VIT_TINY, build_sam
 from samlib.models.loading import load_model, save_checkpoint
 from samlib.outputs.export import EXPORTS
@@ -391,6 +392,20 @@ def _add_boxes(at: AppTest) -> None:
         no_errors(at)
     at.button(key="add_objects").click().run()
     no_errors(at)
+
+
+def test_prompting_again_does_not_hash_the_image_again(app_env, monkeypatch):
+    hashed = []
+    real_hash = embeddings.image_hash
+    monkeypatch.setattr(embeddings, "image_hash", lambda a: hashed.append(a.shape) or real_hash(a))
+    at = prompt_with_typed_point(seeded(new_app()), 40.0, 30.0)
+    assert hashed  # the first prompt looked the embedding up (and computed it)
+    before = len(hashed)
+    at.button(key="add_object").click().run()
+    at = prompt_with_typed_point(at, 90.0, 60.0)
+    no_errors(at)
+    assert len(at.session_state[state.OBJECTS][at.session_state[state.IMAGE].key]) == 1
+    assert len(hashed) == before
 
 
 def test_prompts_several_boxes_give_one_object_each(app_env):

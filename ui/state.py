@@ -29,6 +29,7 @@ MODEL = "model_name"  # registry name or checkpoint path
 EVERYTHING = "everything"  # ui.everything_state.EverythingRun of the current image
 OBJECTS = "prompt_objects"  # {image key: [PromptedObject, ...]}
 _ENCODE_SECONDS = "encode_seconds"  # {model name: last measured seconds}
+_EMBEDDING = "_last_embedding"  # ((model name, model id, image key), Embedding)
 
 _LOG = logging.getLogger(__name__)
 
@@ -174,7 +175,22 @@ def embedding_cache() -> EmbeddingCache:
 
 
 def embedding_ui(model, work: WorkImage) -> Embedding:
-    """Return the image embedding, computing it once (spinner with a time estimate)."""
+    """Return the image embedding, computing it once (spinner with a time estimate).
+
+    The session keeps the last one it used, found again by the model and ``work.key`` (a
+    hash computed once per image), so that a rerun (every click on the Prompts page) does
+    not hash the image again to look it up in the shared cache.
+    """
+    mine = (model.samlib_info.name, id(model), work.key)
+    last = st.session_state.get(_EMBEDDING)
+    if last is not None and last[0] == mine:
+        return last[1]
+    emb = _shared_embedding(model, work)
+    st.session_state[_EMBEDDING] = (mine, emb)
+    return emb
+
+
+def _shared_embedding(model, work: WorkImage) -> Embedding:
     cache = embedding_cache()
     settings = work.settings.as_dict()
     if embedding_key(model, work.rgb8, settings) in cache:
