@@ -2,6 +2,7 @@
 
 Every error a user can cause derives from :class:`SamlibError`, so the UI and the CLI
 can catch one type and show its message, which always names the offending value.
+:func:`one_line` is how the app and the command line show any exception, samlib's or not.
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ class PromptError(ParameterError):
     """Prompt points, labels or boxes are malformed or outside the image."""
 
 
+class TooManyPromptsError(PromptError):
+    """One call holds more prompts, or would return more mask memory, than the limits of
+    :mod:`samlib.prompts.prompting` allow."""
+
+
 class UnsafeCheckpointError(CheckpointError):
     """The checkpoint needs full unpickling (it can run code) and the caller did not opt in."""
 
@@ -93,3 +99,18 @@ class ImageWarning(UserWarning):
 class QuotaError(SamlibError):
     """A session asked the server to keep more than its share (uploaded checkpoints: how many
     files, or how many bytes together), as set by the person who started the server."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The reason a user reads for ``exc``: one line, whitespace folded.
+
+    A :class:`SamlibError` or ``OSError`` message names the value and stands alone; a
+    ``MemoryError`` reads "not enough memory"; any other exception (a library's own error, or
+    a bug) is prefixed with its type name, so that a report of it can be traced.
+    """
+    text = " ".join(str(exc).split())
+    if isinstance(exc, MemoryError):
+        return "not enough memory" + (f" ({text})" if text else "")
+    if isinstance(exc, SamlibError | OSError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

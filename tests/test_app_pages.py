@@ -20,21 +20,26 @@ import pytest
 import tifffile
 import torch
 from skimage.draw import disk as skdisk
+from streamlit.runtime.uploaded_file_manager import UploadedFile
 from streamlit.testing.v1 import AppTest
 
 import samlib.everything.candidates
 from samlib import models
 from samlib.app.batch_run import sample_file
 from samlib.app.everything_run import area_filter
-from samlib.app.session import prepare_image
+from samlib.app.session import MAX_UPLOADS, prepare_image
 from samlib.cli.parser import main
 from samlib.errors import DownloadError, ParameterError
 from samlib.evaluation import evaluate, segment_classical
+from samlib.image import microscopy
 from samlib.image.io import read_image
 from samlib.image.microscopy import as_image
+from samlib.models import embeddings
 from samlib.models.arch import VIT_TINY, build_sam
 from samlib.models.loading import load_model, save_checkpoint
 from samlib.outputs.export import EXPORTS
+from samlib.prompts.objects import PromptSet
+from samlib.prompts.prompting import MAX_BOXES
 from samlib.recipe import Recipe, Tiling, replay
 from samlib.records.masks import labels_from_records
 from samlib.tiling.tiles import segment_everything_tiled
@@ -145,6 +150,75 @@ def test_a_second_session_never_sees_the_first_sessions_image(app_env):
     no_errors(second)
     assert state.IMAGE not in second.session_state
     assert any("No image yet" in i.value for i in second.info)
+
+
+def _tiff(seed: int, shape=(48, 64), **kwargs) -> bytes:
+    buf = io.BytesIO()
+    data = np.random.default_rng(seed).integers(0, 4000, shape, dtype=np.uint16)
+    tifffile.imwrite(buf, data, **kwargs)
+    return buf.getvalue()
+
+
+def upload(at: AppTest, files: list[tuple[str, bytes]]) -> AppTest:
+    """Choose "Upload" on the home page and upload ``files`` as (name, bytes)."""
+    at.radio(key="w_source_kind").set_value("Upload").run()
+    uploader = at.file_uploader(key="w_uploads")
+    uploader.set_value([(name, data, "image/tiff") for name, data in files]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_a_rerun_neither_reads_nor_hashes_the_uploads_again(app_env, monkeypatch):
+    hashed, reads = [], []
+    real_hash = microscopy.image_hash
+    monkeypatch.setattr(microscopy, "image_hash", lambda a: hashed.append(a.shape) or real_hash(a))
+
+    def counted(real):
+        def method(upload, *args):
+            caller = sys._getframe(1).f_globals["__name__"]
+            if not caller.startswith("streamlit."):  # AppTest re-sends the files every run
+                reads.append(caller)
+            return real(upload, *args)
+
+        return method
+
+    for name in ("read", "getvalue", "getbuffer", "readinto"):
+        monkeypatch.setattr(UploadedFile, name, counted(getattr(UploadedFile, name)))
+    at = upload(new_app().run(), [("a.tif", _tiff(1)), ("b.tif", _tiff(2))])
+    no_errors(at)
+    assert at.session_state[state.IMAGE].name == "b.tif"
+    assert reads and hashed.count((1, 48, 64, 1)) == 1  # read; the image shown hashed once
+    first = (len(reads), len(hashed))
+    at.run()
+    at.switch_page("pages/about.py").run()
+    at.switch_page("pages/home.py").run()
+    no_errors(at)
+    assert (len(reads), len(hashed)) == first
+
+
+def test_the_session_keeps_only_the_newest_uploads(app_env):
+    files = [(f"img{i}.tif", _tiff(i)) for i in range(5)]
+    at = upload(new_app().run(), files)
+    no_errors(at)
+    kept = [s.image.name for s in at.session_state["uploads"].values()]
+    assert kept == ["img2.tif", "img3.tif", "img4.tif"] and MAX_UPLOADS == 3
+    assert at.selectbox(key="w_upload_pick").options == kept
+    assert any("img0.tif, img1.tif left out" in w.value for w in at.warning)
+    at.file_uploader(key="w_uploads").set_value([("new.tif", _tiff(9), "image/tiff")]).run()
+    no_errors(at)
+    kept = [s.image.name for s in at.session_state["uploads"].values()]
+    assert kept == ["img3.tif", "img4.tif", "new.tif"]  # the oldest went
+
+
+def test_an_upload_that_needs_gigabytes_to_convert_is_one_line(app_env):
+    # 100 million zero pixels: about 100 KB as a zlib TIFF, 2.2 GiB to convert for SAM
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.zeros((10_000, 10_000), np.uint8), compression="zlib")
+    at = upload(new_app().run(), [("bomb.tif", buf.getvalue())])
+    assert len(at.error) == 1
+    assert "Preparing the image failed" in at.error[0].value
+    assert "bomb.tif: converting its 10000 x 10000 px uint8 plane" in at.error[0].value
+    assert "Crop or downsample" in at.error[0].value
 
 
 def seeded(at: AppTest, n_channels: int = 1) -> AppTest:
@@ -323,6 +397,20 @@ def _add_boxes(at: AppTest) -> None:
     no_errors(at)
 
 
+def test_prompting_again_does_not_hash_the_image_again(app_env, monkeypatch):
+    hashed = []
+    real_hash = embeddings.image_hash
+    monkeypatch.setattr(embeddings, "image_hash", lambda a: hashed.append(a.shape) or real_hash(a))
+    at = prompt_with_typed_point(seeded(new_app()), 40.0, 30.0)
+    assert hashed  # the first prompt looked the embedding up (and computed it)
+    before = len(hashed)
+    at.button(key="add_object").click().run()
+    at = prompt_with_typed_point(at, 90.0, 60.0)
+    no_errors(at)
+    assert len(at.session_state[state.OBJECTS][at.session_state[state.IMAGE].key]) == 1
+    assert len(hashed) == before
+
+
 def test_prompts_several_boxes_give_one_object_each(app_env):
     at = seeded(new_app())
     at.switch_page("pages/prompts.py").run()
@@ -341,6 +429,19 @@ def test_prompt_error_is_shown_and_earlier_objects_are_kept(app_env):
     at.text_input(key="w_typed_box").set_value("1, 2, 3")
     at.button(key="typed_add_box").click().run()
     assert any("four numbers" in e.value for e in at.error)
+    assert len(at.session_state[state.OBJECTS][at.session_state[state.IMAGE].key]) == 1
+
+
+def test_too_many_boxes_at_once_are_one_line_and_earlier_objects_are_kept(app_env):
+    at = prompt_with_typed_point(seeded(new_app()), 40.0, 30.0)
+    at.button(key="add_object").click().run()
+    corners = np.random.default_rng(0).uniform(0, 80, (MAX_BOXES + 1, 2))
+    boxes = np.hstack([corners, corners + 10])
+    at.session_state["typed_prompts"] = PromptSet(np.zeros((0, 2)), np.zeros(0, int), boxes)
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1 and f"{MAX_BOXES + 1} boxes in one call" in at.error[0].value
+    assert "a few at a time" in at.error[0].value  # what to do about it
     assert len(at.session_state[state.OBJECTS][at.session_state[state.IMAGE].key]) == 1
 
 
@@ -394,19 +495,50 @@ def test_download_failure_says_what_to_do(app_env, monkeypatch):
     assert "offline" in message and "copy the checkpoint file into the cache folder" in message
 
 
-def test_a_failed_run_keeps_the_earlier_results(app_env, monkeypatch):
+@pytest.mark.parametrize(
+    "exc, says, logged",
+    [
+        (ParameterError("points_per_side must be in [1, 1024], got 0"), "points_per_side", False),
+        (RuntimeError("the decoder broke\non two lines"), "RuntimeError: the decoder broke", True),
+        (MemoryError("Unable to allocate 9.3 GiB"), "not enough memory", True),
+    ],
+)
+def test_a_failed_run_is_one_line_and_keeps_the_earlier_results(
+    app_env, monkeypatch, caplog, exc, says, logged
+):
     at = run_everything_page(seeded(new_app()))
     loosen(at)
     count = metric(at, "After area filter")
 
     def fails(*a, **k):
-        raise ParameterError("points_per_side must be in [1, 1024], got 0")
+        raise exc
 
     monkeypatch.setattr(sys.modules["samlib.recipe.replay"], "generate_candidates", fails)
-    at.button(key="run_everything").click().run()
+    with caplog.at_level("ERROR", logger="ui.state"):
+        at.button(key="run_everything").click().run()
     assert not at.exception
-    assert any("points_per_side" in e.value for e in at.error)
+    assert len(at.error) == 1 and says in at.error[0].value
+    assert "Traceback" not in at.error[0].value and "\non two" not in at.error[0].value
     assert metric(at, "After area filter") == count  # the previous run is still shown
+    # a surprise is logged, with its traceback, on the server only; a user's mistake is not
+    tracebacks = [r.exc_info[1] for r in caplog.records if r.exc_info]
+    assert tracebacks == ([exc] if logged else [])
+
+
+def test_a_prompt_that_fails_unexpectedly_is_one_line_and_keeps_the_objects(app_env, monkeypatch):
+    at = prompt_with_typed_point(seeded(new_app()), 40.0, 30.0)
+    at.button(key="add_object").click().run()
+
+    def fails(*a, **k):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr("samlib.tiling.prompts.prompt_candidates", fails)
+    at.number_input(key="w_typed_x").set_value(50.0)
+    at.number_input(key="w_typed_y").set_value(40.0)
+    at.button(key="typed_add_point").click().run()
+    assert not at.exception
+    assert len(at.error) == 1 and "RuntimeError: CUDA error" in at.error[0].value
+    assert len(at.session_state[state.OBJECTS][at.session_state[state.IMAGE].key]) == 1
 
 
 @pytest.mark.slow

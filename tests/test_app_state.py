@@ -14,7 +14,12 @@ from skimage.draw import disk
 
 from samlib.app.everything_run import area_filter, refilter_run, run_everything
 from samlib.app.results import download_makers, params_json, prompts_recipe, record_rows
-from samlib.app.session import estimate_encode_seconds, prepare_image, reference_labels
+from samlib.app.session import (
+    RecentUploads,
+    estimate_encode_seconds,
+    prepare_image,
+    reference_labels,
+)
 from samlib.errors import CorruptImageError, ParameterError, ReferenceLabelsError
 from samlib.image.display import DisplaySettings
 from samlib.image.microscopy import as_image
@@ -121,6 +126,21 @@ def test_reference_labels_of_a_damaged_file_are_a_read_error():
     image = as_image(make_disks(shape=(40, 56))[0], name="d.tif")
     with pytest.raises(CorruptImageError):
         reference_labels(image, _tiff(np.zeros((40, 56), np.uint16))[:60], name="ref.tif")
+
+
+def test_recent_uploads_keep_the_newest_and_a_lookup_makes_one_newest():
+    kept = RecentUploads(max_items=2)
+    kept.put("id-a", "a")
+    kept.put("id-b", "b")
+    assert kept.get("id-a") == "a"  # now the newest: b is the oldest
+    kept.put("id-c", "c")
+    assert kept.values() == ["a", "c"] and len(kept) == 2
+    assert "id-b" not in kept and kept.get("id-b") is None
+    kept.put("id-a", "a2")  # a new value for a kept upload does not grow the session
+    assert kept.values() == ["c", "a2"]
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ParameterError, match="max_items"):
+            RecentUploads(max_items=bad)
 
 
 def test_encode_estimate_grows_with_the_model_and_is_faster_on_gpu():

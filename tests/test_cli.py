@@ -26,7 +26,7 @@ from samlib.models.arch import VIT_B
 from samlib.models.embeddings import compute_embedding
 from samlib.models.loading import load_model, suggested_params
 from samlib.prompts.objects import PromptSet, predict_candidates, records_of
-from samlib.prompts.prompting import predict
+from samlib.prompts.prompting import MAX_BOXES, predict
 from samlib.records.masks import labels_from_records
 from samlib.records.rle import decode_coco
 from samlib.tiling.tiles import segment_everything_tiled
@@ -167,8 +167,8 @@ def test_second_run_reuses_the_cached_embedding(scene, capsys, tiny_checkpoint, 
         json.loads(first)["annotations"]
         == json.loads((scene / "b" / "masks_coco.json").read_text())["annotations"]
     )
-    with pytest.raises(AssertionError, match="encoded again"):  # --no-cache always encodes
-        main([str(a) for a in argv] + ["--out", str(scene / "c"), "--no-cache"])
+    code, _, err = _run(capsys, *argv, "--out", scene / "c", "--no-cache")
+    assert code == 2 and "encoded again" in err  # --no-cache always encodes
 
 
 def test_everything_writes_exports(scene, capsys, tiny_checkpoint):
@@ -251,8 +251,71 @@ def test_errors_are_one_line(scene, capsys, tiny_checkpoint, argv, match):
     fill = dict(img=scene / "img.tif", ckpt=tiny_checkpoint, tmp=scene)
     code, out, err = _run(capsys, *(a.format(**fill) for a in argv))
     assert code == 2
-    assert err.startswith("samlib: error: ") and err.count("\n") == 1
+    assert err.startswith(f"samlib {argv[0]}: error: ") and err.count("\n") == 1
     assert match in err
+
+
+def _samlib(*argv, cwd) -> subprocess.CompletedProcess:
+    """``python -m samlib ARGV`` in a child process (the interpreter's own exit path)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "samlib", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    "image, model, match",
+    [
+        ("{img}", "{tmp}/notes.txt", "not a PyTorch checkpoint"),
+        ("{img}", "/etc/passwd", "not a PyTorch checkpoint"),
+        ("{tmp}/notes.png", "{ckpt}", "not a PNG, JPEG, BMP or TIFF"),
+    ],
+)
+def test_a_text_file_as_checkpoint_or_image_is_one_line_and_status_2(
+    scene, tiny_checkpoint, image, model, match
+):
+    (scene / "notes.txt").write_text("these are my notes\nnot a model\n")
+    (scene / "notes.png").write_text("these are my notes\nnot an image\n")
+    fill = dict(img=scene / "img.tif", ckpt=tiny_checkpoint, tmp=scene)
+    argv = ["prompt", image, "--point", "5,5", "--model", model, "--out", "{tmp}/o"]
+    proc = _samlib(*(a.format(**fill) for a in argv), cwd=scene)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("samlib prompt: error: ") and proc.stderr.count("\n") == 1
+    assert match in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "exc, says",
+    [
+        (RuntimeError("the decoder broke\n  on two lines"), "RuntimeError: the decoder broke on"),
+        (MemoryError("Unable to allocate 9.3 GiB"), "not enough memory (Unable to allocate 9.3"),
+        (MemoryError(), "not enough memory; use a smaller image"),
+        (KeyError("rgb"), "KeyError: 'rgb'"),
+    ],
+)
+def test_an_unexpected_exception_is_one_line_and_status_2(scene, capsys, monkeypatch, exc, says):
+    def broken(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr("samlib.image.io.read_image", broken)
+    code, out, err = _run(capsys, "everything", scene / "img.tif", "--out", scene / "o")
+    assert code == 2
+    assert err.startswith("samlib everything: error: ") and err.count("\n") == 1
+    assert says in err
+
+
+def test_an_interrupted_command_is_one_line_and_status_130(scene, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("samlib.image.io.read_image", interrupted)
+    code, out, err = _run(capsys, "evaluate", scene / "img.tif", scene / "gt.tif")
+    assert (code, err) == (130, "samlib evaluate: interrupted\n")
 
 
 def test_bad_point_syntax_is_a_usage_error(scene, capsys):
@@ -306,17 +369,9 @@ def test_delegated_subcommands(monkeypatch, command, module):
 
 
 def test_module_entry_point_exit_status(scene, tiny_checkpoint):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "samlib", "evaluate", str(scene / "nothing.tif"), "gt.tif"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=scene,
-        timeout=120,
-    )
+    proc = _samlib("evaluate", scene / "nothing.tif", "gt.tif", cwd=scene)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("samlib: error:") and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("samlib evaluate: error:") and proc.stderr.count("\n") == 1
 
 
 def test_everything_starts_from_the_models_suggested_thresholds(scene, capsys):
@@ -419,3 +474,22 @@ def test_recipe_errors_and_the_model_hash_warning(scene, capsys, tiny_checkpoint
     del base[2:4]  # no --model: the recipe names a model that is not here
     code, _, err = _run(capsys, *base, "--recipe", path, "--out", scene / "u")
     assert code == 2 and "give the recipe's model with --model" in err
+
+
+def test_a_small_compressed_file_that_would_need_gigabytes_is_refused(scene, capsys):
+    # 100 million zero pixels: about 100 KB as a zlib TIFF, 2.2 GiB to convert for SAM
+    tifffile.imwrite(scene / "bomb.tif", np.zeros((10_000, 10_000), np.uint8), compression="zlib")
+    assert (scene / "bomb.tif").stat().st_size < 2**20
+    code, _, err = _run(capsys, "everything", scene / "bomb.tif", "--out", scene / "o")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("samlib everything: error: bomb.tif: converting its 10000 x 10000 px")
+    assert "limit of 2.0 GiB" in err
+    assert not (scene / "o").exists()
+
+
+def test_too_many_boxes_in_one_command_are_one_line(scene, capsys, tiny_checkpoint):
+    boxes = [a for i in range(MAX_BOXES + 1) for a in ("--box", f"{i % 90},5,{i % 90 + 20},40")]
+    argv = ["prompt", scene / "img.tif", *boxes, "--model", tiny_checkpoint, "--out", scene / "o"]
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"samlib prompt: error: {MAX_BOXES + 1} boxes in one call, more than")

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
-from samlib.errors import ParameterError
-from samlib.image.display import channel_limits, default_channels, to_rgb8
+from samlib.errors import ImageTooLargeError, ParameterError
+from samlib.image.display import (
+    MAX_CONVERSION_BYTES,
+    channel_limits,
+    conversion_bytes,
+    default_channels,
+    to_rgb8,
+)
 from samlib.image.microscopy import as_image
 
 
@@ -148,3 +156,51 @@ def test_absurd_parameters_refused(kwargs):
 
 def test_flat_channel_is_black():
     assert to_rgb8(np.full((4, 4), 7, np.uint16)).max() == 0
+
+
+def _peak_bytes(fn, *args, **kwargs) -> int:
+    """Peak of Python/NumPy allocations while ``fn`` runs."""
+    tracemalloc.start()
+    try:
+        fn(*args, **kwargs)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("planes, channels, plane", [(1, 1, 0), (1, 3, 0), (3, 2, "max")])
+def test_the_conversion_estimate_bounds_what_to_rgb8_allocates(dtype, planes, channels, plane):
+    rng = np.random.default_rng(1)
+    data = (rng.random((planes, 300, 200, channels)) * 200).astype(dtype)
+    if np.dtype(dtype).kind == "f":
+        data.flat[::11] = np.nan
+    img = as_image(data, "ZYXC")
+    to_rgb8(img, plane=plane)  # NumPy's first-call allocations are not the conversion's
+    estimate = conversion_bytes(img, plane=plane)
+    peak = _peak_bytes(to_rgb8, img, plane=plane)
+    assert 0.6 * estimate < peak <= estimate
+
+
+def test_an_image_too_large_to_convert_is_refused_before_anything_is_allocated():
+    # 100 million pixels of one byte: a few kilobytes as a compressed file, 2.4 GB to convert
+    huge = as_image(np.broadcast_to(np.uint8(7), (10_000, 10_000)), name="bomb.tif")
+    assert conversion_bytes(huge) > MAX_CONVERSION_BYTES
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageTooLargeError, match=r"bomb.tif: .* 2.2 GiB .* of 2.0 GiB") as info:
+            to_rgb8(huge)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "\n" not in str(info.value) and peak < 2**20
+
+
+def test_the_conversion_limit_is_a_parameter():
+    img = as_image(np.arange(64 * 48, dtype=np.uint16).reshape(64, 48), name="small")
+    need = conversion_bytes(img)
+    assert to_rgb8(img, max_bytes=need).shape == (64, 48, 3)
+    with pytest.raises(ImageTooLargeError, match="small: converting its 48 x 64 px uint16"):
+        to_rgb8(img, max_bytes=need - 1)
+    stack = as_image(np.zeros((5, 64, 48), np.float64), "ZYX")
+    assert conversion_bytes(stack, plane="max") == need + 64 * 48 * 8  # the projection

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from segment_anything import SamAutomaticMaskGenerator
+from segment_anything.utils.amg import generate_crop_boxes
 from segment_anything.utils.amg import remove_small_regions as stock
 from skimage.draw import disk
 
@@ -15,7 +16,7 @@ from samlib.decoding import decoder
 from samlib.decoding.decoder import PointDecoder, upscale
 from samlib.decoding.image_terms import image_terms
 from samlib.errors import ImageError, ParameterError
-from samlib.everything import candidates
+from samlib.everything import candidates, crops
 from samlib.everything.candidates import decode_candidates, upsample_like_stock
 from samlib.everything.generate import (
     PARAM_HELP,
@@ -24,6 +25,7 @@ from samlib.everything.generate import (
     refilter,
     segment_everything,
 )
+from samlib.everything.params import MAX_POINTS_PER_BATCH
 from samlib.everything.refilter import remove_small_regions
 from samlib.models.embeddings import compute_embedding
 from samlib.records.build import RECORD_KEYS
@@ -218,6 +220,8 @@ def test_progress_and_keys(sharp_sam):
     "bad",
     [
         dict(points_per_side=0),
+        dict(points_per_batch=MAX_POINTS_PER_BATCH + 1),
+        dict(points_per_batch=10**9),
         dict(pred_iou_thresh=1.5),
         dict(stability_score_offset=0.0),
         dict(box_nms_thresh=-0.1),
@@ -418,3 +422,37 @@ def test_every_decoder_shares_one_cache_of_the_image_terms(sharp_sam):
     with torch.no_grad():
         feats.add_(0.0)  # an in-place change (version bump) makes the terms stale
     assert image_terms(sharp_sam, feats) is not terms
+
+
+def test_points_per_batch_admits_every_value_the_app_offers():
+    for n in (1, 16, 64, 256, MAX_POINTS_PER_BATCH):
+        assert GeneratorParams(points_per_batch=n).points_per_batch == n
+    with pytest.raises(ParameterError, match=r"points_per_batch must be in \[1, 1024\], got 4096"):
+        GeneratorParams(points_per_batch=4096)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_crop_layers_smaller_than_32_px_are_refused_before_encoding(sharp_sam, monkeypatch, fast):
+    encoded = []
+    monkeypatch.setattr(crops, "compute_embedding", lambda *a, **k: encoded.append(a))
+    img = colored_disks((64, 80))
+    boxes, _ = generate_crop_boxes((64, 80), 2, GeneratorParams().crop_overlap_ratio)
+    w = min(x1 - x0 for x0, _, x1, _ in boxes)
+    h = min(y1 - y0 for _, y0, _, y1 in boxes)
+    assert min(w, h) < 32  # the stock generator would encode these crops
+    with pytest.raises(
+        ParameterError,
+        match=rf"crop_n_layers=2 cuts this 80 x 64 px image into crops of {w} x {h} px, under "
+        r"32 px a side; use crop_n_layers=1 or fewer",
+    ):
+        segment_everything(sharp_sam, img, points_per_side=4, crop_n_layers=2, fast=fast)
+    assert encoded == []
+
+
+def test_crop_layers_are_refused_for_the_image_at_hand():
+    params = GeneratorParams(points_per_side=4, crop_n_layers=3)
+    assert len(crops.crop_layout((1024, 1024), params).boxes) == 1 + 4 + 16 + 64
+    with pytest.raises(ParameterError, match="use crop_n_layers=2 or fewer"):
+        crops.crop_layout((150, 150), params)
+    # no crop layers: even a tiny image is segmented whole
+    assert len(crops.crop_layout((8, 8), GeneratorParams(points_per_side=4)).boxes) == 1

@@ -11,10 +11,20 @@ import torch
 from segment_anything import SamPredictor
 from segment_anything.utils.amg import calculate_stability_score
 
-from samlib.errors import PromptError
+from samlib.errors import PromptError, TooManyPromptsError
 from samlib.models.arch import VIT_TINY, build_sam
 from samlib.models.embeddings import Embedding, compute_embedding
-from samlib.prompts.prompting import clip_masks_to_box, predict, upscale_logits
+from samlib.prompts import prompting
+from samlib.prompts.objects import PromptSet
+from samlib.prompts.prompting import (
+    MAX_BOXES,
+    MAX_MASK_BYTES,
+    MAX_POINT_PROMPTS,
+    clip_masks_to_box,
+    predict,
+    upscale_logits,
+)
+from samlib.tiling.prompts import TiledEmbeddings, predict_candidates_tiled
 from tests.conftest import make_disks
 
 H, W = 90, 130
@@ -277,3 +287,74 @@ def test_cropped_upsampling_is_bit_identical(tiny_sam, size, channels):
     low = torch.randn(1, channels, 64, 64, generator=torch.Generator().manual_seed(0))
     ref = tiny_sam.postprocess_masks(low, input_size, size)
     assert torch.equal(upscale_logits(tiny_sam, low, input_size, size), ref)
+
+
+def _boxes(n: int, size: tuple[int, int] = (H, W)) -> np.ndarray:
+    """``n`` small XYXY boxes inside an image of ``size`` (H, W)."""
+    xy = np.random.default_rng(n).uniform(0, min(size) - 12, (n, 2))
+    return np.hstack([xy, xy + 10])
+
+
+def _points(n: int) -> dict:
+    xy = np.random.default_rng(n).uniform(0, min(H, W), (n, 2))
+    return dict(points=xy, labels=np.ones(n, int))
+
+
+def _no_decoder(monkeypatch) -> None:
+    def decoded(*args, **kwargs):
+        raise AssertionError("the decoder ran for a call that had to be refused")
+
+    monkeypatch.setattr(prompting, "decode_fast", decoded)
+    monkeypatch.setattr(prompting, "decode", decoded)
+
+
+def test_as_many_boxes_and_points_as_the_limits_allow_are_predicted(scene):
+    model, emb, _ = scene
+    res = predict(model, emb, boxes=_boxes(MAX_BOXES), multimask=False)
+    assert res.masks.shape == (MAX_BOXES, 1, H, W)
+    res = predict(model, emb, **_points(MAX_POINT_PROMPTS // 2), boxes=_boxes(2), multimask=False)
+    assert res.masks.shape == (2, 1, H, W)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(boxes=_boxes(MAX_BOXES + 1)), f"{MAX_BOXES + 1} boxes in one call, more than 64"),
+        (dict(boxes=_boxes(2000)), "2,000 boxes in one call"),
+        (_points(MAX_POINT_PROMPTS + 1), "1,001 points = 1,001 point prompts in one call"),
+        (
+            dict(**_points(MAX_POINT_PROMPTS // 2 + 1), boxes=_boxes(2)),
+            "501 points x 2 boxes = 1,002 point prompts",
+        ),
+    ],
+)
+def test_too_many_prompts_in_one_call_are_refused_before_decoding(
+    scene, monkeypatch, kwargs, match
+):
+    model, emb, _ = scene
+    _no_decoder(monkeypatch)
+    with pytest.raises(TooManyPromptsError, match=match):
+        predict(model, emb, **kwargs)
+
+
+def test_masks_too_large_for_one_call_are_refused_before_decoding(scene, monkeypatch):
+    model, emb, _ = scene
+    _no_decoder(monkeypatch)
+    side = 8192  # 3 masks of 8192 x 8192 px: 192 MiB of booleans per box
+    big = dataclasses.replace(emb, original_size=(side, side))
+    n = MAX_MASK_BYTES // (3 * side * side) + 1
+    with pytest.raises(TooManyPromptsError, match=rf"{n} prompt set\(s\) x 3 masks of 8,192"):
+        predict(model, big, boxes=_boxes(n, (side, side)))
+
+
+def test_tiled_prompts_count_the_masks_of_the_whole_image(scene, monkeypatch):
+    model, _, _ = scene
+    _no_decoder(monkeypatch)
+    rgb = np.zeros((4096, 4096, 3), np.uint8)  # masks come back in the image frame
+    tiled = TiledEmbeddings.build(model, rgb, tile_size=512, halo=64)
+    n = MAX_MASK_BYTES // (3 * 4096 * 4096) + 1
+    boxes = np.tile([[10.0, 10.0, 40.0, 40.0]], (n, 1))
+    prompts = PromptSet(np.zeros((0, 2)), np.zeros(0, int), boxes)
+    with pytest.raises(TooManyPromptsError, match="masks of 4,096 x 4,096 px"):
+        predict_candidates_tiled(model, tiled, prompts)
+    assert tiled.embeddings == {}  # refused before any tile was encoded

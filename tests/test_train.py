@@ -11,6 +11,7 @@ import torch
 from segment_anything import SamPredictor
 from torch.nn import functional as F
 
+from samlib.cli.parser import main as samlib_main
 from samlib.datasets.synth import nuclei_image, synth_image
 from samlib.errors import ParameterError
 from samlib.evaluation import benchmark
@@ -400,8 +401,11 @@ def test_evaluate_model_command_line_checks_tiling_options(tmp_path, capsys):
     img, lab = synth_image(9, (64, 64), kind="fluorescence", n_objects=3, radius=(6, 8))
     tifffile.imwrite(tmp_path / "im.tif", img)
     tifffile.imwrite(tmp_path / "lab.tif", lab.astype(np.uint16))
-    assert benchmark.main([str(tmp_path / "im.tif"), str(tmp_path / "lab.tif"), "--halo", "8"]) == 2
-    assert "--tiled" in capsys.readouterr().err
+    files = [str(tmp_path / "im.tif"), str(tmp_path / "lab.tif")]
+    assert samlib_main(["evaluate-model", *files, "--halo", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("samlib evaluate-model: error: ") and err.count("\n") == 1
+    assert "--tiled" in err
 
 
 def test_evaluate_model_command_line_prints_the_figures(tmp_path, capsys):
@@ -415,7 +419,7 @@ def test_evaluate_model_command_line_prints_the_figures(tmp_path, capsys):
     assert out["box_miou"] >= out["box_miou_unclipped"]
     for key in ("point_miou", "ap50", "ap_mean", "f1", "n_pred"):
         assert key in out
-    assert benchmark.main([*files, "--box-margin", "-1"]) == 2
+    assert samlib_main(["evaluate-model", *files, "--box-margin", "-1"]) == 2
     assert "box_margin" in capsys.readouterr().err
 
 
@@ -441,5 +445,7 @@ def test_train_command_line_needs_validation_data(tiny_cnn, tmp_path, capsys):
     tifffile.imwrite(tmp_path / "lab.tif", lab.astype(np.uint16))
     args = ["--model", str(base), "--out", str(tmp_path / "t.pt")]
     args += ["--image", str(tmp_path / "im.tif"), "--labels", str(tmp_path / "lab.tif")]
-    assert loop.main(args) == 2
-    assert "--val-image" in capsys.readouterr().err
+    assert samlib_main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("samlib train: error: ") and err.count("\n") == 1
+    assert "--val-image" in err

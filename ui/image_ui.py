@@ -9,7 +9,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import streamlit as st
 
-from samlib.app.session import WorkImage, prepare_image, reference_labels
+from samlib.app.session import (
+    MAX_UPLOADS,
+    RecentUploads,
+    WorkImage,
+    prepare_image,
+    reference_labels,
+)
 from samlib.datasets import samples
 from samlib.errors import ImageWarning
 from samlib.image.display import MAX_PROJECTION, DisplaySettings
@@ -20,6 +26,7 @@ from ui import state
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp"]
 REFERENCE_TYPES = ["tif", "tiff", "png"]
 REFERENCES = "references"  # {image hash: (upload key, (H, W) labels)}
+UPLOADS = "uploads"  # session-state key of the session's RecentUploads
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,13 +47,23 @@ def _sample(name: str) -> Source:
 
 
 def _read_upload(upload) -> Source | None:
-    """Read an uploaded file once per session (uploads are not shared between sessions)."""
-    uploads = st.session_state.setdefault("uploads", {})
-    key = f"{upload.name}:{hashlib.sha256(upload.getvalue()).hexdigest()[:16]}"
-    if key not in uploads:
-        with state.guard(f"Reading {upload.name}"):
-            uploads[key] = _read_noted(upload)
-    return uploads.get(key)
+    """The image in an uploaded file, read once per session and found again by the upload's
+    id (never by reading or hashing its bytes); None if it cannot be read (shown as an error).
+    """
+    uploads: RecentUploads = st.session_state.setdefault(UPLOADS, RecentUploads())
+    if upload.file_id not in uploads:
+        try:
+            found: Source | Exception = _read_noted(upload)
+        except Exception as exc:  # shown now, and again (without a new log line) on reruns
+            state.show_error(f"Reading {upload.name}", exc)
+            found = exc
+        uploads.put(upload.file_id, found)
+        return found if isinstance(found, Source) else None
+    found = uploads.get(upload.file_id)
+    if isinstance(found, Exception):
+        state.show_error(f"Reading {upload.name}", found, log=False)
+        return None
+    return found
 
 
 def _read_noted(upload) -> Source:
@@ -92,11 +109,20 @@ def _pick_source() -> Source | None:
         accept_multiple_files=True,
         key="w_uploads",
     )
-    for f in files or []:
+    files = list(files or [])
+    if len(files) > MAX_UPLOADS:
+        st.warning(
+            f"This app keeps the last {MAX_UPLOADS} uploaded images; "
+            f"{', '.join(f.name for f in files[:-MAX_UPLOADS])} left out. Remove images "
+            "from the list to work on others.",
+            icon=":material/photo_library:",
+        )
+    for f in files[-MAX_UPLOADS:]:
         _read_upload(f)
-    # Everything uploaded in this session stays available after a page change (the
-    # uploader widget itself forgets its files when another page runs).
-    loaded = list(st.session_state.get("uploads", {}).values())
+    # The newest uploads stay available after a page change (the uploader widget itself
+    # forgets its files when another page runs).
+    uploads: RecentUploads = st.session_state.get(UPLOADS) or RecentUploads()
+    loaded = [s for s in uploads.values() if isinstance(s, Source)]
     if not loaded:
         return None
     if len(loaded) == 1:
@@ -127,7 +153,7 @@ def reference_ui(src: Source) -> Source:
         "the Compare with reference tab.",
     )
     if upload is not None:
-        key = f"{upload.name}:{hashlib.sha256(upload.getvalue()).hexdigest()[:16]}"
+        key = f"{upload.name}:{upload.file_id}"
         if refs.get(img.hash, ("",))[0] != key:
             refs.pop(img.hash, None)
             with state.guard(f"Reading the reference labels {upload.name}"):
@@ -145,7 +171,7 @@ def settings_ui(src: Source) -> tuple[DisplaySettings, float | None]:
     """Channel mapping, percentiles, gamma, plane and pixel size for ``src``; return them."""
     img = src.image
     # Widget names carry the image hash so every image remembers its own settings.
-    tag = hashlib.sha256(img.hash.encode()).hexdigest()[:8]
+    tag = img.hash[:8]
     default = DisplaySettings.default_for(img)
     cols = st.columns(3)
     channels = list(default.channels)

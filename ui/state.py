@@ -9,6 +9,7 @@ sessions, through ``st.cache_resource``; neither holds per-user mutable state.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,9 @@ MODEL = "model_name"  # registry name or checkpoint path
 EVERYTHING = "everything"  # ui.everything_state.EverythingRun of the current image
 OBJECTS = "prompt_objects"  # {image key: [PromptedObject, ...]}
 _ENCODE_SECONDS = "encode_seconds"  # {model name: last measured seconds}
+_EMBEDDING = "_last_embedding"  # ((model name, model id, image key), Embedding)
+
+_LOG = logging.getLogger(__name__)
 
 # What to do about each kind of error, in words a biologist acts on.
 _HINTS: list[tuple[type[BaseException], str]] = [
@@ -52,6 +56,10 @@ _HINTS: list[tuple[type[BaseException], str]] = [
     ),
     (errors.UnknownModelError, "Pick a model from the list, or check the checkpoint path."),
     (errors.CheckpointError, "Use an official SAM, micro-sam or samlib checkpoint file."),
+    (
+        errors.TooManyPromptsError,
+        "Add the objects a few at a time: undo some prompts, add the objects, then go on.",
+    ),
     (errors.PromptError, "Place points and boxes inside the image and try again."),
     (errors.ParameterError, "Change the highlighted value and run again."),
 ]
@@ -74,20 +82,35 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
 
 
+def show_error(action: str, exc: Exception, *, log: bool = True, path: str = "") -> None:
+    """One ``st.error`` for ``exc``: what failed, the one-line reason, what to do.
+
+    A :class:`~samlib.errors.SamlibError` is the user's to fix and is shown as it is; any
+    other exception (a bug, a library's own error, memory) also goes, with its traceback,
+    to the server's log (unless ``log`` is False: an error shown again), never to the
+    browser. ``path``: a server file the reason may name, shown by its name only.
+    """
+    if log and not isinstance(exc, errors.SamlibError):
+        _LOG.error("%s failed", action, exc_info=exc)
+    reason = errors.one_line(exc)
+    if path:
+        reason = without_folder(reason, path)
+    st.error(f"**{action} failed.** {reason}\n\n{hint_for(exc)}", icon=":material/error:")
+
+
 @contextlib.contextmanager
 def guard(action: str) -> Iterator[None]:
-    """Show any samlib (or out-of-memory) error raised inside as ``st.error``; keep the page.
+    """Show any exception raised inside as one ``st.error`` line (:func:`show_error`); keep
+    the page.
 
-    Earlier results stay in session state, so the page keeps showing them below the error.
+    Earlier results stay in session state (a page stores a result only once it is made), so
+    the page keeps showing them below the error. Streamlit's own ``st.stop``/``st.rerun``
+    are not exceptions (``BaseException``) and pass through.
     """
     try:
         yield
-    except errors.SamlibError as exc:
-        st.error(f"**{action} failed.** {exc}\n\n{hint_for(exc)}", icon=":material/error:")
-    except (MemoryError, RuntimeError) as exc:
-        if not _is_out_of_memory(exc):
-            raise
-        st.error(f"**{action} failed.** {exc}\n\n{hint_for(exc)}", icon=":material/error:")
+    except Exception as exc:  # every failure of a page's action becomes one line
+        show_error(action, exc)
 
 
 def kept(widget: Callable[..., Any], label: str, name: str, default: Any, **kwargs: Any) -> Any:
@@ -147,9 +170,8 @@ def get_model(name_or_path: str | None = None) -> Any:
     try:
         with st.spinner(f"Loading model {label} (once per server)..."):
             return _load(name, str(pick_device()), _stamp(name))
-    except errors.SamlibError as exc:
-        reason = without_folder(str(exc), name)
-        st.error(f"**The model {label!r} cannot be used.** {reason}\n\n{hint_for(exc)}")
+    except Exception as exc:  # one line, as in guard(); the traceback goes to the log only
+        show_error(f"Loading the model {label!r}", exc, path=name)
         st.page_link("pages/home.py", label="Choose a model", icon=":material/arrow_back:")
         st.stop()
 
@@ -162,7 +184,22 @@ def embedding_cache() -> EmbeddingCache:
 
 
 def embedding_ui(model, work: WorkImage) -> Embedding:
-    """Return the image embedding, computing it once (spinner with a time estimate)."""
+    """Return the image embedding, computing it once (spinner with a time estimate).
+
+    The session keeps the last one it used, found again by the model and ``work.key`` (a
+    hash computed once per image), so that a rerun (every click on the Prompts page) does
+    not hash the image again to look it up in the shared cache.
+    """
+    mine = (model.samlib_info.name, id(model), work.key)
+    last = st.session_state.get(_EMBEDDING)
+    if last is not None and last[0] == mine:
+        return last[1]
+    emb = _shared_embedding(model, work)
+    st.session_state[_EMBEDDING] = (mine, emb)
+    return emb
+
+
+def _shared_embedding(model, work: WorkImage) -> Embedding:
     cache = embedding_cache()
     settings = work.settings.as_dict()
     if embedding_key(model, work.rgb8, settings) in cache:

@@ -38,6 +38,8 @@ from samlib.app.server import (
     without_folder,
 )
 from samlib.app.session import (
+    MAX_UPLOADS,
+    RecentUploads,
     WorkImage,
     estimate_encode_seconds,
     prepare_image,
@@ -68,6 +70,8 @@ __all__ = [
     "model_label",
     "prune_idle_uploads",
     "without_folder",
+    "MAX_UPLOADS",
+    "RecentUploads",
     "WorkImage",
     "estimate_encode_seconds",
     "prepare_image",

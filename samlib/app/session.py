@@ -6,6 +6,8 @@ the logic so that it stays testable without a UI (it never imports streamlit).
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -158,3 +160,50 @@ def estimate_encode_seconds(n_parameters: int, device_type: str) -> float:
     """
     per_million = 0.11 if device_type == "cpu" else 0.0035
     return max(0.1, n_parameters / 1e6 * per_million)
+
+
+#: Uploaded images one session keeps: the newest three. Each is the decoded image (up to
+#: samlib.image.io.DEFAULT_MAX_PIXELS values), so keeping every upload would let one visitor
+#: fill a shared server's memory.
+MAX_UPLOADS = 3
+
+
+class RecentUploads:
+    """The newest uploads of one session, by upload id, at most ``max_items``.
+
+    Keyed by the id the browser gave the upload (Streamlit's ``UploadedFile.file_id``), so
+    that finding an upload again never reads or hashes its bytes. Values are whatever the
+    page made of the file (the image read from it, or the error that reading raised).
+    Looking an upload up or adding it makes it the newest; adding one more than
+    ``max_items`` drops the oldest.
+    """
+
+    def __init__(self, max_items: int = MAX_UPLOADS) -> None:
+        if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
+            raise ParameterError(f"max_items must be a positive integer, got {max_items!r}")
+        self.max_items = max_items
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Hashable) -> Any:
+        """The value kept for ``key`` (now the newest), or None."""
+        if key not in self._items:
+            return None
+        self._items.move_to_end(key)
+        return self._items[key]
+
+    def put(self, key: Hashable, value: Any) -> None:
+        """Keep ``value`` for ``key`` as the newest; drop the oldest beyond ``max_items``."""
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+
+    def values(self) -> list[Any]:
+        """The kept values, oldest first."""
+        return list(self._items.values())

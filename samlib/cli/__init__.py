@@ -1,6 +1,6 @@
 """The ``samlib`` command line (also ``python -m samlib``).
 
-One parser (:mod:`samlib.cli.parser`), one error prefix (``samlib: error:``), the
+One parser (:mod:`samlib.cli.parser`), one error line (``samlib <command>: error: <reason>``), the
 subcommands (:mod:`samlib.cli.commands`, and ``batch`` in :mod:`samlib.cli.batch`).
 
 May import: every subpackage, and samlib.recipe.

@@ -1,8 +1,9 @@
 """``samlib`` (also ``python -m samlib``): check, downloads, prompts, segment everything, scores.
 
-Every subcommand exits with status 0 on success; on bad input or a failure it prints one
-line ``samlib: error: <reason>`` to stderr and exits with status 2 (1 for an unexpected
-internal error, 130 when interrupted).
+Every subcommand exits with status 0 on success. Any failure, a bad input or an unexpected
+error alike, prints one line ``samlib <command>: error: <reason>`` to stderr and exits with
+status 2; an interruption (Ctrl-C) prints ``samlib <command>: interrupted`` and exits with 130.
+A traceback is never printed: a user acts on the reason, and the reason names the value.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from samlib.cli import commands as cli_commands
 from samlib.cli.batch import cmd_batch
-from samlib.errors import SamlibError
+from samlib.errors import one_line
 
 __all__ = ["main", "build_parser"]
 
@@ -277,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What to lower when an allocation fails (the end of the one-line error).
+MEMORY_ADVICE = "use a smaller image (crop it, or pick one plane), a smaller model or fewer prompts"
+
 #: Subcommands implemented by ``main(argv)`` functions of other modules.
 DELEGATED = {
     "train": ("samlib.training.loop", "fine-tune a model on images with instance labels"),
@@ -299,23 +303,21 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the command line; return the exit status (0, 2 on any error, 130 on Ctrl-C)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in DELEGATED:
-        return import_module(DELEGATED[argv[0]][0]).main(argv[1:])
-    args = build_parser().parse_args(argv)
+    known = argv and (argv[0] in COMMANDS or argv[0] in DELEGATED)
+    prog = f"samlib {argv[0]}" if known else "samlib"
     try:
+        if argv and argv[0] in DELEGATED:
+            return import_module(DELEGATED[argv[0]][0]).main(argv[1:])
+        args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
-    except SamlibError as exc:
-        print(f"samlib: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as exc:
-        print(f"samlib: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("samlib: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    except MemoryError as exc:
+        print(f"{prog}: error: {one_line(exc)}; {MEMORY_ADVICE}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the one place where every failure becomes one line
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+        return 2

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -35,7 +34,7 @@ from scipy import ndimage as ndi
 from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 
-from samlib.errors import ParameterError, SamlibError
+from samlib.errors import ParameterError
 from samlib.evaluation.metrics import evaluate
 from samlib.everything.generate import segment_everything
 from samlib.image.display import to_rgb8
@@ -236,7 +235,11 @@ def evaluate_model(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``evaluate-model IMAGE GT_LABELS --model NAME|PATH [--min-area A --max-area B]``."""
+    """``evaluate-model IMAGE GT_LABELS --model NAME|PATH [--min-area A --max-area B]``.
+
+    Errors propagate: ``samlib evaluate-model`` (:func:`samlib.cli.parser.main`) shows them
+    in one line.
+    """
     ap = argparse.ArgumentParser(
         prog="python -m samlib evaluate-model", description=__doc__.split("\n")[0]
     )
@@ -268,34 +271,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="use SAM's default thresholds even where the registry suggests others for this model",
     )
     args = ap.parse_args(argv)
-    try:
-        if not args.tiled and (args.tile_size is not None or args.halo is not None):
-            raise ParameterError("--tile-size and --halo need --tiled")
-        name = args.model or default_model_name()
-        model = load_model(name, device=args.device)
-        rgb8 = to_rgb8(read_image(args.image))
-        gt = read_image(args.gt_labels).data[0, :, :, 0]
-        params = {} if args.sam_thresholds else suggested_params(name)
-        if args.fast:
-            params = {**params, "fast": True}
-        result = {
-            "model": name,
-            "generator_params": params or "SAM defaults",
-            **evaluate_model(
-                model,
-                rgb8,
-                gt,
-                min_area=args.min_area,
-                max_area=args.max_area,
-                tiled=args.tiled,
-                tile_size=args.tile_size,
-                halo=args.halo,
-                box_margin=args.box_margin,
-                **params,
-            ),
-        }
-    except SamlibError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if not args.tiled and (args.tile_size is not None or args.halo is not None):
+        raise ParameterError("--tile-size and --halo need --tiled")
+    name = args.model or default_model_name()
+    model = load_model(name, device=args.device)
+    rgb8 = to_rgb8(read_image(args.image))
+    gt = read_image(args.gt_labels).data[0, :, :, 0]
+    params = {} if args.sam_thresholds else suggested_params(name)
+    if args.fast:
+        params = {**params, "fast": True}
+    result = {
+        "model": name,
+        "generator_params": params or "SAM defaults",
+        **evaluate_model(
+            model,
+            rgb8,
+            gt,
+            min_area=args.min_area,
+            max_area=args.max_area,
+            tiled=args.tiled,
+            tile_size=args.tile_size,
+            halo=args.halo,
+            box_margin=args.box_margin,
+            **params,
+        ),
+    }
     print(json.dumps(result, indent=2))
     return 0

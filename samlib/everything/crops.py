@@ -15,8 +15,14 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.amg import generate_crop_boxes
 
+from samlib.errors import ParameterError
 from samlib.everything.params import GeneratorParams
 from samlib.models.embeddings import Embedding, check_embedding, compute_embedding
+
+#: Smallest crop side, pixels. Every crop is resized to the model's 1024-pixel input and
+#: encoded on its own: a crop of a few pixels costs a full encoder pass and shows SAM
+#: nothing but blown-up pixels.
+MIN_CROP_SIDE = 32
 
 
 @dataclass(frozen=True)
@@ -44,9 +50,30 @@ class CropLayout:
 
 
 def crop_layout(size: tuple[int, int], params: GeneratorParams) -> CropLayout:
-    """The crops and point grids of an ``(H, W)`` image, as the stock generator lays them."""
-    boxes, layers = generate_crop_boxes(size, params.crop_n_layers, params.crop_overlap_ratio)
+    """The crops and point grids of an ``(H, W)`` image, as the stock generator lays them.
+
+    Raises :class:`~samlib.errors.ParameterError` when ``crop_n_layers`` cuts the image into
+    crops with a side under :data:`MIN_CROP_SIDE` pixels (the message names the most layers
+    this image allows); the whole image alone (no crop layers) is never refused.
+    """
+    n, ratio = params.crop_n_layers, params.crop_overlap_ratio
+    small = _smallest_crop(size, n, ratio)
+    if n > 0 and min(small) < MIN_CROP_SIDE:
+        # crops shrink with every layer: name the last layer that still fits
+        fits = [k for k in range(1, n) if min(_smallest_crop(size, k, ratio)) >= MIN_CROP_SIDE]
+        raise ParameterError(
+            f"crop_n_layers={n} cuts this {size[1]} x {size[0]} px image into crops of "
+            f"{small[1]} x {small[0]} px, under {MIN_CROP_SIDE} px a side; use "
+            f"crop_n_layers={max(fits, default=0)} or fewer for it"
+        )
+    boxes, layers = generate_crop_boxes(size, n, ratio)
     return CropLayout([list(map(int, b)) for b in boxes], list(layers), params.grids())
+
+
+def _smallest_crop(size: tuple[int, int], n_layers: int, ratio: float) -> tuple[int, int]:
+    """``(height, width)`` of the smallest crop the stock generator cuts from ``size``."""
+    boxes, _ = generate_crop_boxes(size, n_layers, ratio)
+    return min(y1 - y0 for _, y0, _, y1 in boxes), min(x1 - x0 for x0, _, x1, _ in boxes)
 
 
 @dataclass(frozen=True)

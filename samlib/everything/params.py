@@ -16,6 +16,11 @@ from segment_anything.utils.amg import build_all_layer_point_grids
 from samlib.errors import ParameterError
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+#: Largest ``points_per_batch``: 16 times SAM's 64 and 4 times the app's largest choice (256).
+#: A batch's prompts are decoded at once (whole batches on GPUs), and each kept candidate is
+#: upsampled to the crop in float32 (4 bytes per pixel, 3 masks per prompt), so the batch
+#: bounds the memory of one step: 1024 prompts on a 1024 x 1024 crop can reach 12 GiB.
+MAX_POINTS_PER_BATCH = 1024
 
 PARAM_HELP: dict[str, str] = {
     "points_per_side": "Grid of N x N point prompts over the image: more points find smaller "
@@ -139,7 +144,7 @@ def _validate(p: GeneratorParams) -> None:
         )
     if p.points_per_side is not None:
         _int("points_per_side", p.points_per_side, 1, 1024)
-    _int("points_per_batch", p.points_per_batch, 1)
+    _int("points_per_batch", p.points_per_batch, 1, MAX_POINTS_PER_BATCH)
     _float("pred_iou_thresh", p.pred_iou_thresh, 0.0, 1.0)
     _float("stability_score_thresh", p.stability_score_thresh, 0.0, 1.0)
     _float("stability_score_offset", p.stability_score_offset, 0.0, 1e3, open_low=True)

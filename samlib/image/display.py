@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from samlib.errors import ImageError, ParameterError
+from samlib.errors import ImageError, ImageTooLargeError, ParameterError
 from samlib.image.microscopy import MicroscopyImage, as_image
 
 DEFAULT_PERCENTILES = (1.0, 99.8)
@@ -21,6 +21,17 @@ DEFAULT_PERCENTILES = (1.0, 99.8)
 GAMMA_RANGE = (0.05, 20.0)
 
 ChannelChoice = int | None
+
+#: Peak working memory of :func:`to_rgb8` per pixel of the plane (H x W), in bytes: the
+#: output, one channel's float32 scaling buffers and the percentile's copies. Measured with
+#: tracemalloc over every dtype, 1-4 channels and NaN: 16-24 bytes, whatever the dtype
+#: (``python benchmarks/request_limits.py convert``, benchmarks/README.md); so a uint8 plane
+#: needs about 20 times its own size. A maximum projection adds its own (H, W, C) array.
+CONVERSION_BYTES_PER_PIXEL = 24
+#: The most working memory one conversion may take: 2 GiB, a plane of about 89 million
+#: pixels (9,400 x 9,400 px). Larger images are refused before anything is allocated, so that
+#: a small compressed file cannot cost a server gigabytes.
+MAX_CONVERSION_BYTES = 2 * 2**30
 
 
 def default_channels(n_channels: int) -> tuple[ChannelChoice, ChannelChoice, ChannelChoice]:
@@ -125,6 +136,33 @@ def scale_to_uint8(channel: np.ndarray, vmin: float, vmax: float, gamma: float =
     return np.rint(scaled * 255.0).astype(np.uint8)
 
 
+def conversion_bytes(image: MicroscopyImage, *, plane: int | str = 0) -> int:
+    """Estimated peak working memory of :func:`to_rgb8` on ``image``, in bytes.
+
+    :data:`CONVERSION_BYTES_PER_PIXEL` per pixel of the (H, W) plane, plus the maximum
+    projection's ``(H, W, C)`` array in the image's dtype for ``plane="max"`` on a stack.
+    """
+    pixels = image.height * image.width
+    need = pixels * CONVERSION_BYTES_PER_PIXEL
+    if isinstance(plane, str) and image.n_planes > 1:
+        need += pixels * image.n_channels * image.dtype.itemsize
+    return int(need)
+
+
+def check_conversion_size(
+    image: MicroscopyImage, *, plane: int | str = 0, max_bytes: int = MAX_CONVERSION_BYTES
+) -> None:
+    """Raise :class:`~samlib.errors.ImageTooLargeError` when converting ``image`` would need
+    more than ``max_bytes`` of working memory (:func:`conversion_bytes`)."""
+    need = conversion_bytes(image, plane=plane)
+    if need > max_bytes:
+        raise ImageTooLargeError(
+            f"{image.name}: converting its {image.width} x {image.height} px "
+            f"{image.dtype} plane to RGB needs about {need / 2**30:.1f} GiB of memory, over "
+            f"the limit of {max_bytes / 2**30:.1f} GiB; crop or downsample the image"
+        )
+
+
 def to_rgb8(
     image: MicroscopyImage | np.ndarray,
     *,
@@ -132,6 +170,7 @@ def to_rgb8(
     percentiles: Sequence[float] = DEFAULT_PERCENTILES,
     gamma: float = 1.0,
     plane: int | str = 0,
+    max_bytes: int = MAX_CONVERSION_BYTES,
 ) -> np.ndarray:
     """Convert an image to HWC uint8 RGB for SAM, normalising each channel separately.
 
@@ -152,11 +191,19 @@ def to_rgb8(
         Exponent applied after scaling, within ``GAMMA_RANGE``; < 1 brightens.
     plane : int or "max"
         Plane to show, or the maximum projection over all planes.
+    max_bytes : int
+        Refuse, before converting, an image whose conversion would need more working
+        memory than this (:func:`conversion_bytes`; default :data:`MAX_CONVERSION_BYTES`).
 
     Returns
     -------
     ndarray, shape (H, W, 3), uint8
         C-contiguous RGB image.
+
+    Raises
+    ------
+    ImageTooLargeError
+        The conversion would need more than ``max_bytes``.
     """
     img = image if isinstance(image, MicroscopyImage) else as_image(image)
     chosen = _check_channels(channels, img.n_channels)
@@ -165,6 +212,7 @@ def to_rgb8(
         raise ParameterError(f"gamma must be a number, got {gamma!r}")
     if not (np.isfinite(gamma) and GAMMA_RANGE[0] <= gamma <= GAMMA_RANGE[1]):
         raise ParameterError(f"gamma must be within {GAMMA_RANGE}, got {gamma!r}")
+    check_conversion_size(img, plane=plane, max_bytes=max_bytes)
     data = img.plane(plane)
     out = np.zeros((img.height, img.width, 3), dtype=np.uint8)
     done: dict[int, np.ndarray] = {}

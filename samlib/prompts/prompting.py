@@ -31,10 +31,33 @@ from torch.nn import functional as F
 
 from samlib.decoding.fast_decoder import decode_fast
 from samlib.decoding.prompt_decoder import decode
-from samlib.errors import PromptError
+from samlib.errors import PromptError, TooManyPromptsError
 from samlib.models.embeddings import Embedding
 
-__all__ = ["PromptResult", "clip_masks_to_box", "predict", "upscale_logits"]
+__all__ = [
+    "MAX_BOXES",
+    "MAX_MASK_BYTES",
+    "MAX_POINT_PROMPTS",
+    "PromptResult",
+    "check_prompt_load",
+    "clip_masks_to_box",
+    "predict",
+    "upscale_logits",
+]
+
+# Limits of one call, so that one request cannot cost a shared server minutes or gigabytes.
+# Measured with `python benchmarks/request_limits.py prompts` (benchmarks/README.md): on a
+# 1024 x 1024 image and a 2-core CPU one box takes 0.3-1.1 s and returns 3.8 MiB of masks;
+# 1,000 points in one prompt set take about 4 s.
+#: Most boxes in one call: each box is a prompt set decoded and upsampled on its own, so 64
+#: boxes take up to a minute. A person draws a few; more are objects to add in several calls.
+MAX_BOXES = 64
+#: Most point prompts decoded in one call: the points times the prompt sets (every box is
+#: decoded with all the points).
+MAX_POINT_PROMPTS = 1000
+#: Most bytes of masks one call may return: boxes x candidates x H x W booleans (1 GiB is 64
+#: boxes of 4 candidates on a 2,048 x 2,048 px image).
+MAX_MASK_BYTES = 2**30
 
 
 @dataclass(frozen=True)
@@ -88,6 +111,45 @@ def _check_inside(arr: np.ndarray, size: tuple[int, int], what: str) -> None:
     bad = (xy[:, 0] < 0) | (xy[:, 0] > w) | (xy[:, 1] < 0) | (xy[:, 1] > h)
     if bad.any():
         raise PromptError(f"{what} {xy[bad].tolist()} (x, y) lie outside the {w} x {h} image")
+
+
+def check_prompt_load(
+    n_points: int, n_boxes: int, masks_per_set: int, size: tuple[int, int]
+) -> None:
+    """Refuse one call's prompts when they exceed :data:`MAX_BOXES`,
+    :data:`MAX_POINT_PROMPTS` or :data:`MAX_MASK_BYTES`.
+
+    Parameters
+    ----------
+    n_points, n_boxes : int
+        Point and box prompts of the call (every box is decoded with all the points).
+    masks_per_set : int
+        Masks returned per prompt set (1, 3 or 4).
+    size : (int, int)
+        (H, W) of the returned masks, pixels.
+
+    Raises
+    ------
+    TooManyPromptsError
+    """
+    if n_boxes > MAX_BOXES:
+        raise TooManyPromptsError(
+            f"{n_boxes:,} boxes in one call, more than {MAX_BOXES}: prompt them a few at a time"
+        )
+    sets = max(n_boxes, 1)
+    if n_points * sets > MAX_POINT_PROMPTS:
+        what = f"{n_points:,} points" + (f" x {sets} boxes" if n_boxes else "")
+        raise TooManyPromptsError(
+            f"{what} = {n_points * sets:,} point prompts in one call, more than "
+            f"{MAX_POINT_PROMPTS:,}: use fewer points"
+        )
+    need = sets * masks_per_set * size[0] * size[1]
+    if need > MAX_MASK_BYTES:
+        raise TooManyPromptsError(
+            f"{sets} prompt set(s) x {masks_per_set} masks of {size[1]:,} x {size[0]:,} px "
+            f"would be {need / 2**30:.1f} GiB of masks, more than "
+            f"{MAX_MASK_BYTES / 2**30:.1f} GiB: prompt fewer boxes at once"
+        )
 
 
 def _validate(points, labels, boxes, mask_input, size, mask_size):
@@ -270,11 +332,20 @@ def predict(
     ------
     PromptError
         Malformed points, labels, boxes or mask input, or prompts outside the image.
+    TooManyPromptsError
+        More prompts or mask memory than one call may take (:func:`check_prompt_load`).
     """
     original_size = tuple(embedding.original_size)
     mask_size = tuple(4 * s for s in model.prompt_encoder.image_embedding_size)
     points, labels, boxes, mask_input = _validate(
         points, labels, boxes, mask_input, original_size, mask_size
+    )
+    per_set = 4 if all_candidates else 3 if multimask else 1
+    check_prompt_load(
+        0 if points is None else len(points),
+        0 if boxes is None else len(boxes),
+        per_set,
+        original_size,
     )
     device = embedding.features.device
     transform = ResizeLongestSide(model.image_encoder.img_size)

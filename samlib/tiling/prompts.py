@@ -22,7 +22,7 @@ from samlib.errors import PromptError
 from samlib.image.display import check_rgb8
 from samlib.models.embeddings import Embedding, compute_embedding
 from samlib.prompts.objects import PromptCandidates, PromptSet, predict_candidates
-from samlib.prompts.prompting import PromptResult, predict
+from samlib.prompts.prompting import PromptResult, check_prompt_load, predict
 from samlib.tiling.stitch import Tile
 from samlib.tiling.tiles import default_tiling, tile_layout
 
@@ -196,8 +196,12 @@ def predict_candidates_tiled(
     """:func:`~samlib.prompts.objects.predict_candidates` on the one tile whose window holds
     every point and box of ``prompts`` (image pixels); masks in the image frame.
 
-    Raises :class:`~samlib.errors.PromptError` when the prompts span more than a window.
+    Raises :class:`~samlib.errors.PromptError` when the prompts span more than a window,
+    :class:`~samlib.errors.TooManyPromptsError` when the masks in the image frame would
+    exceed the limits of :func:`samlib.prompts.prompting.check_prompt_load`.
     """
+    per_set = 3 if multimask else 1
+    check_prompt_load(len(prompts.points), len(prompts.boxes), per_set, tiled.rgb8.shape[:2])
     corners = np.concatenate([prompts.points.reshape(-1, 2), prompts.boxes.reshape(-1, 2)])
     index = tiled.pick_tile(corners, None)
     tile = tiled.tiles[index]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from segment_anything.modeling import Sam
 
-from samlib.errors import ParameterError, SamlibError
+from samlib.errors import ParameterError
 from samlib.image.display import to_rgb8
 from samlib.image.io import read_image
 from samlib.models.arch import SamConfig
@@ -301,7 +301,10 @@ def _read_pairs(images: Sequence[str], labels: Sequence[str]) -> list[Pair]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m samlib train``: fine-tune a model on annotated images (see ``--help``)."""
+    """``python -m samlib train``: fine-tune a model on annotated images (see ``--help``).
+
+    Errors propagate: ``samlib train`` (:func:`samlib.cli.parser.main`) shows them in one line.
+    """
 
     ap = argparse.ArgumentParser(
         prog="python -m samlib train",
@@ -336,49 +339,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
     args = ap.parse_args(argv)
-    try:
-        name = args.model or default_model_name()
-        pairs = _read_pairs(args.image, args.labels)
-        val_pairs = _read_pairs(args.val_image, args.val_labels)
-        names = {"train": list(args.image), "val": list(args.val_image)}
-        if not val_pairs:
-            if len(pairs) < 2:
-                raise ParameterError("give --val-image/--val-labels, or at least two --image")
-            order = np.random.default_rng(args.seed).permutation(len(pairs))
-            n_val = min(len(pairs) - 1, max(1, round(args.val_fraction * len(pairs))))
-            val_pairs = [pairs[i] for i in order[:n_val]]
-            names = {
-                "train": [args.image[i] for i in order[n_val:]],
-                "val": [args.image[i] for i in order[:n_val]],
-            }
-            pairs = [pairs[i] for i in order[n_val:]]
-        params = TrainParams(
-            epochs=args.epochs,
-            steps_per_epoch=args.steps_per_epoch,
-            lr=args.lr,
-            n_prompts=args.prompts,
-            patience=args.patience,
-            touching_weight=args.touching_weight,
-            focal_weight=args.focal_weight,
-            freeze_encoder=not args.unfreeze_encoder,
-            seed=args.seed,
-            max_minutes=args.max_minutes,
-            device=args.device,
-        )
-        model = load_model(name, device=args.device)
-        res = train(
-            model,
-            pairs,
-            val_pairs,
-            args.out,
-            params,
-            base_model=name,
-            data=names,
-            progress=lambda m: print(m, file=sys.stderr, flush=True),
-        )
-    except SamlibError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    name = args.model or default_model_name()
+    pairs = _read_pairs(args.image, args.labels)
+    val_pairs = _read_pairs(args.val_image, args.val_labels)
+    names = {"train": list(args.image), "val": list(args.val_image)}
+    if not val_pairs:
+        if len(pairs) < 2:
+            raise ParameterError("give --val-image/--val-labels, or at least two --image")
+        order = np.random.default_rng(args.seed).permutation(len(pairs))
+        n_val = min(len(pairs) - 1, max(1, round(args.val_fraction * len(pairs))))
+        val_pairs = [pairs[i] for i in order[:n_val]]
+        names = {
+            "train": [args.image[i] for i in order[n_val:]],
+            "val": [args.image[i] for i in order[:n_val]],
+        }
+        pairs = [pairs[i] for i in order[n_val:]]
+    params = TrainParams(
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        lr=args.lr,
+        n_prompts=args.prompts,
+        patience=args.patience,
+        touching_weight=args.touching_weight,
+        focal_weight=args.focal_weight,
+        freeze_encoder=not args.unfreeze_encoder,
+        seed=args.seed,
+        max_minutes=args.max_minutes,
+        device=args.device,
+    )
+    model = load_model(name, device=args.device)
+    res = train(
+        model,
+        pairs,
+        val_pairs,
+        args.out,
+        params,
+        base_model=name,
+        data=names,
+        progress=lambda m: print(m, file=sys.stderr, flush=True),
+    )
     print(
         json.dumps(
             {
