@@ -59,6 +59,11 @@ def shown_text(at: AppTest) -> str:
     return "\n".join(parts)
 
 
+def checkpoint_uploaders(at) -> list:
+    """The model picker's checkpoint uploaders (the Image page also has image uploaders)."""
+    return [u for u in at.file_uploader if u.key.startswith("w_ckpt_up")]
+
+
 def custom_checkpoint(at: AppTest) -> AppTest:
     """Choose "Custom checkpoint file..." in the model picker."""
     at.selectbox(key="w_model_choice").set_value(CUSTOM).run()
@@ -67,7 +72,7 @@ def custom_checkpoint(at: AppTest) -> AppTest:
 
 
 def upload(at: AppTest, name: str, data: bytes) -> AppTest:
-    at.file_uploader[0].set_value((name, data, "application/octet-stream")).run()
+    checkpoint_uploaders(at)[0].set_value((name, data, "application/octet-stream")).run()
     return at
 
 
@@ -155,7 +160,7 @@ def test_with_the_switches_off_there_is_no_path_box_and_no_uploader(server_env):
     at = new_app().run()
     no_errors(at)
     assert CUSTOM not in at.selectbox(key="w_model_choice").options
-    assert not at.text_input and not at.file_uploader
+    assert not at.text_input and not checkpoint_uploaders(at)
     caption = " ".join(c.value for c in at.caption)
     assert "SAMLIB_ALLOW_SERVER_PATHS=1" in caption
     assert "SAMLIB_ALLOW_CHECKPOINT_UPLOADS=1" in caption
@@ -168,7 +173,7 @@ def test_with_the_switches_off_there_is_no_path_box_and_no_uploader(server_env):
 def test_server_paths_on_load_a_checkpoint_by_its_path(server_env, tiny_checkpoint):
     server_env.setenv("SAMLIB_ALLOW_SERVER_PATHS", "1")
     at = custom_checkpoint(new_app().run())
-    assert not at.file_uploader  # uploads stay off
+    assert not checkpoint_uploaders(at)  # uploads stay off
     assert "SAMLIB_ALLOW_CHECKPOINT_UPLOADS=1" in " ".join(c.value for c in at.caption)
     at.text_input(key="w_custom_path").set_value(str(tiny_checkpoint)).run()
     no_errors(at)
