@@ -264,7 +264,7 @@ def test_workshop_in_the_browser(page, checkpoint, tmp_path):
     assert_no_server_folders(pg, checkpoint)
 
     # -- uploads: a damaged file is explained, a 16-bit 2-channel TIFF is shown ------------
-    pg.get_by_text("Upload", exact=True).click()
+    pg.get_by_test_id("stRadioGroup").get_by_text("Upload", exact=True).click()
     idle(pg)
     good = io.BytesIO()
     rng = np.random.default_rng(0)

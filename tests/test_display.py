@@ -202,5 +202,5 @@ def test_the_conversion_limit_is_a_parameter():
     assert to_rgb8(img, max_bytes=need).shape == (64, 48, 3)
     with pytest.raises(ImageTooLargeError, match="small: converting its 48 x 64 px uint16"):
         to_rgb8(img, max_bytes=need - 1)
-    stack = as_image(np.zeros((5, 64, 48), np.float64), "ZYX")
-    assert conversion_bytes(stack, plane="max") == need + 64 * 48 * 8  # the projection
+    stack = as_image(np.zeros((5, 64, 48), np.uint16), "ZYX")
+    assert conversion_bytes(stack, plane="max") == need + 64 * 48 * 2  # the projection

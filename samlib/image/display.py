@@ -23,14 +23,17 @@ GAMMA_RANGE = (0.05, 20.0)
 ChannelChoice = int | None
 
 #: Peak working memory of :func:`to_rgb8` per pixel of the plane (H x W), in bytes: the
-#: output, one channel's float32 scaling buffers and the percentile's copies. Measured with
-#: tracemalloc over every dtype, 1-4 channels and NaN: 16-24 bytes, whatever the dtype
-#: (``python benchmarks/request_limits.py convert``, benchmarks/README.md); so a uint8 plane
-#: needs about 20 times its own size. A maximum projection adds its own (H, W, C) array.
+#: output, one channel's scaling buffers and the percentile's copies. Measured with
+#: tracemalloc over every dtype, 1-4 channels and NaN: 16-24 bytes for 8- and 16-bit data,
+#: up to 29 for wider types, which are scaled in float64 (``python
+#: benchmarks/request_limits.py convert``, benchmarks/README.md); so a uint8 plane needs
+#: about 20 times its own size. A maximum projection adds its own (H, W, C) array.
 CONVERSION_BYTES_PER_PIXEL = 24
+#: The same for data wider than 16 bits (scaled in float64).
+WIDE_CONVERSION_BYTES_PER_PIXEL = 32
 #: The most working memory one conversion may take: 2 GiB, a plane of about 89 million
-#: pixels (9,400 x 9,400 px). Larger images are refused before anything is allocated, so that
-#: a small compressed file cannot cost a server gigabytes.
+#: 8- or 16-bit pixels (9,400 x 9,400 px). Larger images are refused before anything is
+#: allocated, so that a small compressed file cannot cost a server gigabytes.
 MAX_CONVERSION_BYTES = 2 * 2**30
 
 
@@ -139,11 +142,13 @@ def scale_to_uint8(channel: np.ndarray, vmin: float, vmax: float, gamma: float =
 def conversion_bytes(image: MicroscopyImage, *, plane: int | str = 0) -> int:
     """Estimated peak working memory of :func:`to_rgb8` on ``image``, in bytes.
 
-    :data:`CONVERSION_BYTES_PER_PIXEL` per pixel of the (H, W) plane, plus the maximum
+    :data:`CONVERSION_BYTES_PER_PIXEL` (:data:`WIDE_CONVERSION_BYTES_PER_PIXEL` for data
+    wider than 16 bits) per pixel of the (H, W) plane, plus the maximum
     projection's ``(H, W, C)`` array in the image's dtype for ``plane="max"`` on a stack.
     """
     pixels = image.height * image.width
-    need = pixels * CONVERSION_BYTES_PER_PIXEL
+    wide = image.dtype.itemsize > 2
+    need = pixels * (WIDE_CONVERSION_BYTES_PER_PIXEL if wide else CONVERSION_BYTES_PER_PIXEL)
     if isinstance(plane, str) and image.n_planes > 1:
         need += pixels * image.n_channels * image.dtype.itemsize
     return int(need)
