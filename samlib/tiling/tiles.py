@@ -192,8 +192,8 @@ def segment_everything_tiled(
     iou = check_tile_iou(tile_iou_thresh)
     size = rgb8.shape[:2]
     per_tile = []
+    floors = {"iou_floor": p.pred_iou_thresh, "stability_floor": p.stability_score_thresh}
     for t, tile in enumerate(tiles):
-        floors = {"iou_floor": p.pred_iou_thresh, "stability_floor": p.stability_score_thresh}
         per_tile.append(
             tile_pieces(model, window_of(rgb8, tile), tile, t, size, p, fast, floors)[0]
         )
